@@ -1,0 +1,88 @@
+/*
+ * certs: the server credentials of one listener (every cert/key pair, chosen
+ * by SNI, and the client CA), reference counted because GnuTLS keeps only a
+ * pointer to them in each session: a set is freed when the last session that
+ * uses it is gone, so a reload can swap in a new set at any time.
+ */
+#ifndef MAILTLSD_CERTS_H
+#define MAILTLSD_CERTS_H
+
+#include <stdio.h>
+#include <time.h>
+
+#include <gnutls/gnutls.h>
+
+#include "config.h"
+
+struct certs;
+
+/**
+ * certs_load(l, cfgpath, errf):
+ * Build the credentials for listener ${l}: read and check every pair (the
+ * chain parses, the key matches the leaf, the leaf has not expired), make a
+ * throw-away self-signed certificate for "cert = auto", and load client_ca.
+ * Problems are written to ${errf} as "CFGPATH:LINE: message" lines.  Return
+ * a set holding one reference for the caller, or NULL.
+ */
+struct certs *certs_load(const struct config_listener *, const char *, FILE *);
+
+/**
+ * certs_ref(c):
+ * Take one more reference to ${c}; return ${c}.
+ */
+struct certs *certs_ref(struct certs *);
+
+/**
+ * certs_unref(c):
+ * Drop a reference; the last one frees ${c}.  NULL is a no-op.
+ */
+void certs_unref(struct certs *);
+
+/**
+ * certs_cred(c):
+ * The GnuTLS credentials of ${c}, valid while a reference is held.
+ */
+gnutls_certificate_credentials_t certs_cred(const struct certs *);
+
+/**
+ * certs_count(c), certs_not_after(c, i), certs_subject(c, i):
+ * The number of pairs in ${c}, and the expiry time and subject DN of the
+ * leaf of pair ${i}.
+ */
+size_t certs_count(const struct certs *);
+time_t certs_not_after(const struct certs *, size_t);
+const char *certs_subject(const struct certs *, size_t);
+
+/*
+ * A slot holds the current set of a listener.  Workers take a reference for
+ * each new session; a reload replaces the set.  The lock is held only to
+ * copy a pointer and bump a count, once per handshake.
+ */
+struct certs_slot;
+
+/**
+ * certs_slot_new(c):
+ * Make a slot holding ${c} (takes ownership of the caller's reference).
+ */
+struct certs_slot *certs_slot_new(struct certs *);
+
+/**
+ * certs_slot_get(s):
+ * Return the current set with a reference taken for the caller.
+ */
+struct certs *certs_slot_get(struct certs_slot *);
+
+/**
+ * certs_slot_set(s, c):
+ * Make ${c} the current set (takes ownership of the caller's reference) and
+ * drop the slot's reference to the old one.
+ */
+void certs_slot_set(struct certs_slot *, struct certs *);
+
+/**
+ * certs_slot_free(s):
+ * Drop the slot's reference and free it; NULL is a no-op.
+ */
+void certs_slot_free(struct certs_slot *);
+
+#endif

@@ -1,0 +1,364 @@
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <gnutls/gnutls.h>
+#include <gnutls/crypto.h>
+#include <gnutls/x509.h>
+
+#include "certs.h"
+#include "log.h"
+
+#define CERTS_MAX_PAIRS		64
+#define CERTS_EXPIRY_WARN	(14 * 24 * 3600)
+
+struct certs {
+	atomic_int				refs;
+	gnutls_certificate_credentials_t	cred;
+	size_t					npairs;
+	time_t					not_after[CERTS_MAX_PAIRS];
+	char					*subject[CERTS_MAX_PAIRS];
+};
+
+struct certs_slot {
+	pthread_mutex_t	 mu;
+	struct certs	*cur;
+};
+
+static void
+certs_free(struct certs *c)
+{
+	size_t i;
+
+	if (c->cred != NULL)
+		gnutls_certificate_free_credentials(c->cred);
+	for (i = 0; i < c->npairs; i++)
+		free(c->subject[i]);
+	free(c);
+}
+
+static char *
+crt_subject(gnutls_x509_crt_t crt)
+{
+	gnutls_datum_t dn;
+	char *s;
+
+	if (gnutls_x509_crt_get_dn3(crt, &dn, 0) < 0)
+		return (strdup(""));
+	s = strndup((const char *)dn.data, dn.size);
+	gnutls_free(dn.data);
+	return (s);
+}
+
+/*
+ * Read the chain in ${path} and check its leaf; on success record the
+ * leaf's expiry and subject as pair ${i} of ${c}.
+ */
+static int
+check_chain(struct certs *c, const char *path, const char *cfgpath, int line,
+    const char *lname, FILE *errf)
+{
+	gnutls_datum_t data;
+	gnutls_x509_crt_t *crts = NULL;
+	unsigned int ncrts = 0, i;
+	time_t exp, now = time(NULL);
+	int rc, ret = -1;
+
+	if ((rc = gnutls_load_file(path, &data)) < 0) {
+		fprintf(errf, "%s:%d: cannot read certificate %s: %s\n",
+		    cfgpath, line, path, gnutls_strerror(rc));
+		return (-1);
+	}
+	rc = gnutls_x509_crt_list_import2(&crts, &ncrts, &data,
+	    GNUTLS_X509_FMT_PEM, 0);
+	gnutls_free(data.data);
+	if (rc < 0 || ncrts == 0) {
+		fprintf(errf, "%s:%d: certificate %s does not parse: %s\n",
+		    cfgpath, line, path,
+		    rc < 0 ? gnutls_strerror(rc) : "no certificate in file");
+		return (-1);
+	}
+	exp = gnutls_x509_crt_get_expiration_time(crts[0]);
+	if (exp != (time_t)-1 && exp < now) {
+		char when[32];
+		struct tm tm;
+
+		gmtime_r(&exp, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		fprintf(errf, "%s:%d: certificate %s expired on %s\n",
+		    cfgpath, line, path, when);
+		goto out;
+	}
+	if (exp != (time_t)-1 && exp - now < CERTS_EXPIRY_WARN)
+		log_warn("cert_expiring", "listener %s: certificate %s expires "
+		    "in %lld days", lname, path,
+		    (long long)((exp - now) / 86400));
+	c->not_after[c->npairs] = exp;
+	c->subject[c->npairs] = crt_subject(crts[0]);
+	ret = 0;
+out:
+	for (i = 0; i < ncrts; i++)
+		gnutls_x509_crt_deinit(crts[i]);
+	gnutls_free(crts);
+	return (ret);
+}
+
+/*
+ * "cert = auto": an ECDSA P-256 key and a self-signed certificate for the
+ * listener's hostname, valid for a year, never written to disk.
+ */
+static int
+make_auto(struct certs *c, const char *hostname)
+{
+	gnutls_x509_privkey_t key = NULL;
+	gnutls_x509_crt_t crt = NULL;
+	unsigned char serial[16];
+	time_t now = time(NULL);
+	int ret = -1;
+
+	if (gnutls_x509_privkey_init(&key) < 0 ||
+	    gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
+	    GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0) < 0)
+		goto out;
+	if (gnutls_x509_crt_init(&crt) < 0)
+		goto out;
+	if (gnutls_rnd(GNUTLS_RND_NONCE, serial, sizeof(serial)) < 0)
+		goto out;
+	serial[0] &= 0x7f;
+	if (gnutls_x509_crt_set_version(crt, 3) < 0 ||
+	    gnutls_x509_crt_set_serial(crt, serial, sizeof(serial)) < 0 ||
+	    gnutls_x509_crt_set_activation_time(crt, now - 3600) < 0 ||
+	    gnutls_x509_crt_set_expiration_time(crt, now + 365 * 86400) < 0 ||
+	    gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0,
+	    hostname, strlen(hostname)) < 0 ||
+	    gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_DNSNAME,
+	    hostname, strlen(hostname), GNUTLS_FSAN_APPEND) < 0 ||
+	    gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_DNSNAME,
+	    "localhost", 9, GNUTLS_FSAN_APPEND) < 0 ||
+	    gnutls_x509_crt_set_key(crt, key) < 0 ||
+	    gnutls_x509_crt_set_key_usage(crt,
+	    GNUTLS_KEY_DIGITAL_SIGNATURE) < 0 ||
+	    gnutls_x509_crt_set_key_purpose_oid(crt, GNUTLS_KP_TLS_WWW_SERVER,
+	    0) < 0 ||
+	    gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0) < 0)
+		goto out;
+	if (gnutls_certificate_set_x509_key(c->cred, &crt, 1, key) < 0)
+		goto out;
+	c->not_after[c->npairs] = now + 365 * 86400;
+	c->subject[c->npairs] = crt_subject(crt);
+	ret = 0;
+out:
+	if (crt != NULL)
+		gnutls_x509_crt_deinit(crt);
+	if (key != NULL)
+		gnutls_x509_privkey_deinit(key);
+	return (ret);
+}
+
+/**
+ * certs_load(l, cfgpath, errf):
+ * Build the credentials for listener ${l}: read and check every pair (the
+ * chain parses, the key matches the leaf, the leaf has not expired), make a
+ * throw-away self-signed certificate for "cert = auto", and load client_ca.
+ * Problems are written to ${errf} as "CFGPATH:LINE: message" lines.  Return
+ * a set holding one reference for the caller, or NULL.
+ */
+struct certs *
+certs_load(const struct config_listener *l, const char *cfgpath, FILE *errf)
+{
+	struct certs *c;
+	size_t i;
+	int rc, bad = 0;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		goto err0;
+	atomic_init(&c->refs, 1);
+	if (gnutls_certificate_allocate_credentials(&c->cred) < 0)
+		goto err1;
+	if (l->ncerts > CERTS_MAX_PAIRS) {
+		fprintf(errf, "%s:%d: too many certificates (at most %d)\n",
+		    cfgpath, l->certs[CERTS_MAX_PAIRS].line, CERTS_MAX_PAIRS);
+		goto err1;
+	}
+	for (i = 0; i < l->ncerts; i++) {
+		const struct config_certpair *p = &l->certs[i];
+
+		if (p->key == NULL) {
+			if (make_auto(c, l->hostname) < 0) {
+				fprintf(errf, "%s:%d: cannot make a self-signed "
+				    "certificate\n", cfgpath, p->line);
+				bad = 1;
+				continue;
+			}
+			log_warn("cert_auto", "listener %s: serving a throw-away "
+			    "self-signed certificate for %s (cert = auto); "
+			    "clients cannot verify it", l->name, l->hostname);
+			c->npairs++;
+			continue;
+		}
+		if (check_chain(c, p->cert, cfgpath, p->line, l->name,
+		    errf) < 0) {
+			bad = 1;
+			continue;
+		}
+		rc = gnutls_certificate_set_x509_key_file2(c->cred, p->cert,
+		    p->key, GNUTLS_X509_FMT_PEM, NULL, 0);
+		if (rc < 0) {
+			fprintf(errf, "%s:%d: cannot use certificate %s with key "
+			    "%s: %s\n", cfgpath, p->line, p->cert, p->key,
+			    gnutls_strerror(rc));
+			free(c->subject[c->npairs]);
+			c->subject[c->npairs] = NULL;
+			bad = 1;
+			continue;
+		}
+		c->npairs++;
+	}
+	if (l->client_ca != NULL) {
+		rc = gnutls_certificate_set_x509_trust_file(c->cred,
+		    l->client_ca, GNUTLS_X509_FMT_PEM);
+		if (rc <= 0) {
+			fprintf(errf, "%s:%d: cannot read client_ca %s: %s\n",
+			    cfgpath, l->client_ca_line, l->client_ca,
+			    rc < 0 ? gnutls_strerror(rc) :
+			    "no certificate in file");
+			bad = 1;
+		}
+	}
+	if (bad)
+		goto err1;
+	return (c);
+
+err1:
+	certs_free(c);
+err0:
+	return (NULL);
+}
+
+/**
+ * certs_ref(c):
+ * Take one more reference to ${c}; return ${c}.
+ */
+struct certs *
+certs_ref(struct certs *c)
+{
+
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return (c);
+}
+
+/**
+ * certs_unref(c):
+ * Drop a reference; the last one frees ${c}.  NULL is a no-op.
+ */
+void
+certs_unref(struct certs *c)
+{
+
+	if (c == NULL)
+		return;
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+		certs_free(c);
+}
+
+/**
+ * certs_cred(c):
+ * The GnuTLS credentials of ${c}, valid while a reference is held.
+ */
+gnutls_certificate_credentials_t
+certs_cred(const struct certs *c)
+{
+
+	return (c->cred);
+}
+
+/**
+ * certs_count(c), certs_not_after(c, i), certs_subject(c, i):
+ * The number of pairs in ${c}, and the expiry time and subject DN of the
+ * leaf of pair ${i}.
+ */
+size_t
+certs_count(const struct certs *c)
+{
+
+	return (c->npairs);
+}
+
+time_t
+certs_not_after(const struct certs *c, size_t i)
+{
+
+	return (c->not_after[i]);
+}
+
+const char *
+certs_subject(const struct certs *c, size_t i)
+{
+
+	return (c->subject[i] != NULL ? c->subject[i] : "");
+}
+
+/**
+ * certs_slot_new(c):
+ * Make a slot holding ${c} (takes ownership of the caller's reference).
+ */
+struct certs_slot *
+certs_slot_new(struct certs *c)
+{
+	struct certs_slot *s;
+
+	if ((s = malloc(sizeof(*s))) == NULL)
+		return (NULL);
+	pthread_mutex_init(&s->mu, NULL);
+	s->cur = c;
+	return (s);
+}
+
+/**
+ * certs_slot_get(s):
+ * Return the current set with a reference taken for the caller.
+ */
+struct certs *
+certs_slot_get(struct certs_slot *s)
+{
+	struct certs *c;
+
+	pthread_mutex_lock(&s->mu);
+	c = certs_ref(s->cur);
+	pthread_mutex_unlock(&s->mu);
+	return (c);
+}
+
+/**
+ * certs_slot_set(s, c):
+ * Make ${c} the current set (takes ownership of the caller's reference) and
+ * drop the slot's reference to the old one.
+ */
+void
+certs_slot_set(struct certs_slot *s, struct certs *c)
+{
+	struct certs *old;
+
+	pthread_mutex_lock(&s->mu);
+	old = s->cur;
+	s->cur = c;
+	pthread_mutex_unlock(&s->mu);
+	certs_unref(old);
+}
+
+/**
+ * certs_slot_free(s):
+ * Drop the slot's reference and free it; NULL is a no-op.
+ */
+void
+certs_slot_free(struct certs_slot *s)
+{
+
+	if (s == NULL)
+		return;
+	certs_unref(s->cur);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}

@@ -1,0 +1,1272 @@
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "conn.h"
+#include "log.h"
+#include "proto.h"
+#include "tlsio.h"
+
+/*
+ * A side stops being read while the other side has more than this queued
+ * for writing, and starts again below the low-water mark: this is what keeps
+ * memory per connection bounded whatever the peers do.
+ */
+#define SIDE_HWM	(256 * 1024)
+#define SIDE_LWM	(64 * 1024)
+
+/* How long a closing connection may take to hand over what it still holds. */
+#define CLOSE_LINGER_MS	5000
+
+struct wreq {
+	uv_write_t	 req;
+	struct side	*side;
+	struct wreq	*next;		/* while pending a connection */
+	size_t		 len;
+	char		 data[];
+};
+
+struct side {
+	union {
+		uv_handle_t	h;
+		uv_stream_t	s;
+		uv_tcp_t	tcp;
+		uv_pipe_t	pipe;
+	}		 u;
+	struct conn	*c;
+	struct tlsio	*tls;
+	unsigned	 is_client:1;
+	unsigned	 open:1;	/* handle initialised, needs uv_close */
+	unsigned	 connected:1;
+	unsigned	 reading:1;
+	unsigned	 eof:1;		/* the peer will send no more */
+	unsigned	 dead:1;	/* nothing more can be written */
+	unsigned	 shut:1;	/* our write side is shut */
+	unsigned	 detached:1;	/* a backend being dropped */
+	unsigned	 hs_fed:1;	/* STARTTLS: ciphertext seen */
+	size_t		 queued;	/* bytes handed to libuv or pending */
+	struct wreq	*pend_head;	/* writes waiting for the connection */
+	struct wreq	*pend_tail;
+	char		*lb;		/* bytes not yet handled by the parser */
+	size_t		 lblen;
+	size_t		 lbcap;
+	uint64_t	 bytes;		/* plaintext bytes received */
+	uv_connect_t	 creq;
+	uv_shutdown_t	 sreq;
+};
+
+enum conn_phase {
+	CONN_HANDSHAKE,		/* implicit TLS: handshake with the client */
+	CONN_CONNECTING,	/* waiting for the backend connection */
+	CONN_RELAY,		/* relaying, parsed or not */
+	CONN_STARTTLS_FLUSH,	/* our STARTTLS reply drains; client input
+				   is discarded */
+	CONN_STARTTLS_HS,	/* handshake with the client after STARTTLS */
+	CONN_CLOSING,		/* handing over what is queued, then closing */
+};
+
+static const char *const phase_names[] = {
+	"handshake", "connecting", "relay", "starttls", "starttls_handshake",
+	"closing",
+};
+
+struct conn {
+	struct worker		*w;
+	struct listener		*l;
+	const struct config_listener *lc;
+	struct conn		*prev;
+	struct conn		*next;
+	uint64_t		 id;
+	enum conn_phase		 phase;
+	enum conn_phase		 closed_in;	/* phase when closing began */
+	struct side		 client;
+	struct side		*backend;
+	uv_timer_t		 timer;
+	int			 nhandles;
+	int			 freed_handles;	/* all handles closed */
+	int			 listed;	/* on the worker's list */
+	uint64_t		 t_start;
+	uint64_t		 hs_deadline;	/* 0: none */
+	uint64_t		 conn_deadline;
+	uint64_t		 close_deadline;
+	uint64_t		 last_active;
+	uint64_t		 backend_bytes;	/* from every backend */
+	const struct proto_ops	*ops;
+	void			*pst;
+	int			 parsing;
+	int			 hold;		/* client line held back */
+	int			 client_tls_up;
+	int			 starttls_used;
+	int			 hs_done;
+	int			 pre_tls_deadline; /* hs_deadline also bounds
+						      the plaintext phase */
+	const char		*reason;
+	char			 detail[192];
+	char			 peer[INET6_ADDRSTRLEN + 8];
+	char			 sni[256];
+	char			 version[16];
+	char			 cipher[48];
+	char			 subject[256];
+};
+
+static void	side_read_start(struct side *);
+static void	update_reading(struct conn *);
+static void	arm_timer(struct conn *);
+static void	finish(struct conn *, const char *);
+static void	maybe_close(struct conn *);
+static void	process(struct conn *, struct side *);
+static void	backend_connect(struct conn *);
+static void	on_client_plain(struct conn *, const char *, size_t);
+
+static uint64_t
+now_ms(const struct conn *c)
+{
+
+	return (uv_now(&c->w->loop));
+}
+
+static int
+side_live(const struct side *s)
+{
+
+	return (s != NULL && s->open && !s->detached);
+}
+
+/* Write errors are noted here and acted on by the caller's next check. */
+static void
+side_failed(struct side *s, int err)
+{
+
+	if (s->dead)
+		return;
+	s->dead = 1;
+	if (s->c->detail[0] == '\0')
+		snprintf(s->c->detail, sizeof(s->c->detail), "%s: %s",
+		    s->is_client ? "client" : "backend", uv_strerror(err));
+}
+
+static void
+write_cb(uv_write_t *req, int status)
+{
+	struct wreq *w = (struct wreq *)req;
+	struct side *s = w->side;
+	struct conn *c = s->c;
+
+	s->queued -= w->len;
+	free(w);
+	if (s->detached)
+		return;
+	if (status < 0)
+		side_failed(s, status);
+	if (c->phase == CONN_CLOSING) {
+		maybe_close(c);
+		return;
+	}
+	if (s->dead) {
+		finish(c, s->is_client ? "client_error" : "backend_error");
+		return;
+	}
+	/* RFC 3207 4.2 / RFC 2595: TLS starts once our reply is out. */
+	if (c->phase == CONN_STARTTLS_FLUSH && s->is_client && s->queued == 0) {
+		c->phase = CONN_STARTTLS_HS;
+		update_reading(c);
+		return;
+	}
+	if (s->queued < SIDE_LWM)
+		update_reading(c);
+}
+
+static int
+submit(struct side *s, struct wreq *w)
+{
+	uv_buf_t b = uv_buf_init(w->data, (unsigned int)w->len);
+	int rc;
+
+	if ((rc = uv_write(&w->req, &s->u.s, &b, 1, write_cb)) < 0) {
+		s->queued -= w->len;
+		free(w);
+		side_failed(s, rc);
+		return (-1);
+	}
+	return (0);
+}
+
+/* Send bytes as they are (ciphertext, or plaintext on a plain side). */
+static int
+raw_write(struct side *s, const void *data, size_t len)
+{
+	struct wreq *w;
+	uv_buf_t b;
+	int n;
+
+	if (s->dead || s->detached)
+		return (-1);
+	if (len == 0)
+		return (0);
+	if (s->connected && s->queued == 0) {
+		b = uv_buf_init((char *)(uintptr_t)data, (unsigned int)len);
+		n = uv_try_write(&s->u.s, &b, 1);
+		if (n >= 0 && (size_t)n == len)
+			return (0);
+		if (n < 0 && n != UV_EAGAIN) {
+			side_failed(s, n);
+			return (-1);
+		}
+		if (n > 0) {
+			data = (const char *)data + n;
+			len -= (size_t)n;
+		}
+	}
+	if ((w = malloc(sizeof(*w) + len)) == NULL) {
+		side_failed(s, UV_ENOMEM);
+		return (-1);
+	}
+	w->side = s;
+	w->next = NULL;
+	w->len = len;
+	w->req.data = w;
+	memcpy(w->data, data, len);
+	s->queued += len;
+	if (!s->connected) {
+		if (s->pend_tail != NULL)
+			s->pend_tail->next = w;
+		else
+			s->pend_head = w;
+		s->pend_tail = w;
+		return (0);
+	}
+	return (submit(s, w));
+}
+
+static int
+tls_push(void *arg, const void *data, size_t len)
+{
+
+	return (raw_write(arg, data, len));
+}
+
+/* Send plaintext toward a side, through its TLS session if it has one. */
+static int
+side_write(struct side *s, const void *data, size_t len)
+{
+
+	if (s == NULL || s->dead || s->detached || s->shut)
+		return (-1);
+	if (s->tls != NULL)
+		return (tlsio_send(s->tls, data, len));
+	return (raw_write(s, data, len));
+}
+
+static void
+side_read_stop(struct side *s)
+{
+
+	if (s->reading) {
+		uv_read_stop(&s->u.s);
+		s->reading = 0;
+	}
+}
+
+/*
+ * One place decides who is read: the phase, the other side's queue
+ * (backpressure), a held client line, and end of stream.
+ */
+static void
+update_reading(struct conn *c)
+{
+	struct side *b = c->backend;
+	int rc = 0, rb = 0;
+
+	if (c->phase == CONN_CLOSING)
+		return;
+	switch (c->phase) {
+	case CONN_HANDSHAKE:
+	case CONN_STARTTLS_FLUSH:
+	case CONN_STARTTLS_HS:
+		rc = 1;
+		break;
+	case CONN_CONNECTING:
+		/* Nothing more from the client until the backend is there. */
+		break;
+	case CONN_RELAY:
+		rc = !c->hold && (b == NULL || b->queued < SIDE_HWM);
+		rb = b != NULL && b->connected && c->client.queued < SIDE_HWM;
+		break;
+	case CONN_CLOSING:
+		break;
+	}
+	if (c->client.eof || c->client.dead)
+		rc = 0;
+	if (rc && !c->client.reading)
+		side_read_start(&c->client);
+	else if (!rc)
+		side_read_stop(&c->client);
+	if (side_live(b)) {
+		if (b->eof || b->dead)
+			rb = 0;
+		if (rb && !b->reading)
+			side_read_start(b);
+		else if (!rb)
+			side_read_stop(b);
+	}
+}
+
+static void
+lb_consume(struct side *s, size_t n)
+{
+
+	assert(n <= s->lblen);
+	memmove(s->lb, s->lb + n, s->lblen - n);
+	s->lblen -= n;
+}
+
+static void
+lb_free(struct side *s)
+{
+
+	free(s->lb);
+	s->lb = NULL;
+	s->lblen = s->lbcap = 0;
+}
+
+/*
+ * Keep bytes for the parser.  The buffer holds at most a partial line and
+ * one read's worth, since a side is not read while it holds a held line.
+ */
+static int
+lb_append(struct conn *c, struct side *s, const char *data, size_t len)
+{
+	size_t cap = c->ops->max_line + 2 * WORKER_READ_CHUNK;
+	char *nb;
+
+	if (s->lblen + len > cap)
+		return (-1);
+	if (s->lblen + len > s->lbcap) {
+		size_t ncap = s->lbcap ? s->lbcap : 4096;
+
+		while (ncap < s->lblen + len)
+			ncap *= 2;
+		if (ncap > cap)
+			ncap = cap;
+		if ((nb = realloc(s->lb, ncap)) == NULL)
+			return (-1);
+		s->lb = nb;
+		s->lbcap = ncap;
+	}
+	memcpy(s->lb + s->lblen, data, len);
+	s->lblen += len;
+	return (0);
+}
+
+static void
+side_close_cb(uv_handle_t *h)
+{
+	struct side *s = h->data;
+	struct conn *c = s->c;
+	struct wreq *w, *nw;
+
+	for (w = s->pend_head; w != NULL; w = nw) {
+		nw = w->next;
+		free(w);
+	}
+	s->pend_head = s->pend_tail = NULL;
+	tlsio_free(s->tls);
+	s->tls = NULL;
+	lb_free(s);
+	if (!s->is_client)
+		free(s);
+	if (--c->nhandles == 0)
+		maybe_close(c);
+}
+
+/* Drop a backend connection that the session no longer uses. */
+static void
+backend_drop(struct conn *c)
+{
+	struct side *b = c->backend;
+
+	if (b == NULL)
+		return;
+	c->backend = NULL;
+	side_read_stop(b);
+	b->detached = 1;
+	uv_close(&b->u.h, side_close_cb);
+}
+
+static void
+log_close(struct conn *c)
+{
+	struct log_field f[20];
+	size_t n = 0;
+	uint64_t to_backend = c->client.bytes;
+
+	f[n++] = LOG_NUM("conn", c->id);
+	f[n++] = LOG_STR("listener", c->lc->name);
+	f[n++] = LOG_STR("client", c->peer);
+	f[n++] = LOG_STR("proto", config_proto_name(c->lc->protocol));
+	f[n++] = LOG_STR("starttls", c->starttls_used ? "yes" : "no");
+	f[n++] = LOG_STR("sni", c->sni);
+	f[n++] = LOG_STR("tls_version", c->version);
+	f[n++] = LOG_STR("cipher", c->cipher);
+	f[n++] = LOG_STR("client_cert", c->subject);
+	f[n++] = LOG_NUM("bytes_in", to_backend);
+	f[n++] = LOG_NUM("bytes_out", c->backend_bytes);
+	f[n++] = LOG_NUM("duration_ms", now_ms(c) - c->t_start);
+	f[n++] = LOG_STR("reason", c->reason != NULL ? c->reason : "");
+	f[n++] = LOG_STR("phase", phase_names[c->closed_in]);
+	if (c->detail[0] != '\0')
+		f[n++] = LOG_STR("detail", c->detail);
+	log_fields(CONFIG_LOG_INFO, "close", f, n);
+}
+
+static void
+timer_close_cb(uv_handle_t *h)
+{
+	struct conn *c = h->data;
+
+	if (--c->nhandles == 0)
+		maybe_close(c);
+}
+
+static void
+conn_free(struct conn *c)
+{
+	struct worker *w = c->w;
+	struct listener *l = c->l;
+
+	int listed = c->listed;
+
+	if (listed) {
+		log_close(c);
+		if (c->prev != NULL)
+			c->prev->next = c->next;
+		else
+			w->conns = c->next;
+		if (c->next != NULL)
+			c->next->prev = c->prev;
+	}
+	free(c->pst);
+	free(c);
+	if (listed)
+		worker_conn_gone(w, l);
+}
+
+/*
+ * The last step of closing: once nothing is queued toward a live peer (or
+ * the linger time is over), close every handle; the last close callback
+ * frees the connection.
+ */
+static void
+maybe_close(struct conn *c)
+{
+	struct side *b = c->backend;
+	int busy = 0;
+
+	if (c->phase != CONN_CLOSING)
+		return;
+	if (c->freed_handles) {
+		if (c->nhandles == 0)
+			conn_free(c);
+		return;
+	}
+	if (c->client.open && !c->client.dead && c->client.queued > 0)
+		busy = 1;
+	if (side_live(b) && b->connected && !b->dead && b->queued > 0)
+		busy = 1;
+	if (busy && now_ms(c) < c->close_deadline)
+		return;
+	c->freed_handles = 1;
+	uv_timer_stop(&c->timer);
+	uv_close((uv_handle_t *)&c->timer, timer_close_cb);
+	if (side_live(b)) {
+		c->backend = NULL;
+		b->detached = 1;
+		uv_close(&b->u.h, side_close_cb);
+	}
+	if (c->client.open)
+		uv_close(&c->client.u.h, side_close_cb);
+}
+
+/*
+ * The one way out: stop taking input, say close_notify where TLS is up,
+ * let what is queued drain (bounded by the linger time), then close.
+ */
+static void
+finish(struct conn *c, const char *reason)
+{
+	struct side *b = c->backend;
+
+	if (c->phase == CONN_CLOSING)
+		return;
+	c->closed_in = c->phase;
+	c->phase = CONN_CLOSING;
+	c->reason = reason;
+	side_read_stop(&c->client);
+	if (side_live(b))
+		side_read_stop(b);
+	if (c->client.tls != NULL && c->hs_done && !c->client.dead)
+		tlsio_bye(c->client.tls);
+	if (side_live(b) && b->tls != NULL && b->connected && !b->dead)
+		tlsio_bye(b->tls);
+	c->close_deadline = now_ms(c) + CLOSE_LINGER_MS;
+	arm_timer(c);
+	maybe_close(c);
+}
+
+/**
+ * conn_abort(c, reason):
+ * Close ${c} now (shutdown timeout): close_notify where TLS is up, no wait.
+ */
+void
+conn_abort(struct conn *c, const char *reason)
+{
+
+	finish(c, reason);
+	c->close_deadline = 0;
+	maybe_close(c);
+}
+
+/**
+ * conn_next(c):
+ * The next connection on the worker's list.
+ */
+struct conn *
+conn_next(const struct conn *c)
+{
+
+	return (c->next);
+}
+
+/* Tell the client the service is not there, in its protocol, and close. */
+static void
+backend_unavailable(struct conn *c, const char *why)
+{
+	char buf[512];
+	size_t n;
+
+	log_fields(CONFIG_LOG_WARN, "backend_unavailable", (struct log_field[]){
+	    LOG_NUM("conn", c->id), LOG_STR("listener", c->lc->name),
+	    LOG_STR("backend", c->lc->backend.text), LOG_STR("error", why) },
+	    4);
+	snprintf(c->detail, sizeof(c->detail), "%s", why);
+	backend_drop(c);
+	n = proto_unavailable(c->lc->protocol, c->lc->hostname, buf,
+	    sizeof(buf));
+	if (n > 0)
+		(void)side_write(&c->client, buf, n);
+	finish(c, "backend_unavailable");
+}
+
+static void
+timer_cb(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+	uint64_t now = now_ms(c);
+
+	switch (c->phase) {
+	case CONN_CLOSING:
+		c->close_deadline = 0;
+		maybe_close(c);
+		return;
+	case CONN_CONNECTING:
+		if (c->conn_deadline != 0 && now >= c->conn_deadline) {
+			backend_unavailable(c, "connect timeout");
+			return;
+		}
+		break;
+	default:
+		break;
+	}
+	if (c->hs_deadline != 0 && now >= c->hs_deadline) {
+		finish(c, "handshake_timeout");
+		return;
+	}
+	if (c->phase == CONN_RELAY &&
+	    now >= c->last_active + c->lc->idle_timeout_ms) {
+		finish(c, "idle_timeout");
+		return;
+	}
+	arm_timer(c);
+}
+
+/*
+ * One timer per connection, set for the nearest deadline of the phase: the
+ * handshake (absolute), the backend connection, idleness (checked lazily:
+ * reads only note the time), or the linger of a closing connection.
+ */
+static void
+arm_timer(struct conn *c)
+{
+	uint64_t now = now_ms(c), when = UINT64_MAX;
+
+	if (c->freed_handles)
+		return;
+	if (c->phase == CONN_CLOSING)
+		when = c->close_deadline;
+	else {
+		if (c->hs_deadline != 0)
+			when = c->hs_deadline;
+		if (c->phase == CONN_CONNECTING && c->conn_deadline != 0 &&
+		    c->conn_deadline < when)
+			when = c->conn_deadline;
+		if (c->phase == CONN_RELAY &&
+		    c->last_active + c->lc->idle_timeout_ms < when)
+			when = c->last_active + c->lc->idle_timeout_ms;
+	}
+	if (when == UINT64_MAX) {
+		uv_timer_stop(&c->timer);
+		return;
+	}
+	uv_timer_start(&c->timer, timer_cb, when > now ? when - now : 0, 0);
+}
+
+static void
+alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	struct side *s = h->data;
+
+	(void)hint;
+	*buf = uv_buf_init(s->c->w->rbuf, sizeof(s->c->w->rbuf));
+}
+
+/* The end of one direction: pass it on (close_notify, FIN) to the other. */
+static void
+side_eof(struct conn *c, struct side *s)
+{
+	struct side *o = s->is_client ? c->backend : &c->client;
+
+	s->eof = 1;
+	side_read_stop(s);
+	if (c->phase != CONN_RELAY) {
+		finish(c, s->is_client ? "client_closed" : "backend_closed");
+		return;
+	}
+	if (!side_live(o) || o->dead || o->eof) {
+		finish(c, s->is_client ? "client_closed" : "backend_closed");
+		return;
+	}
+	/* A partial line left in a parser's buffer is not a command. */
+	if (o->tls != NULL)
+		tlsio_bye(o->tls);
+	if (!o->shut) {
+		o->shut = 1;
+		if (uv_shutdown(&o->sreq, &o->u.s, NULL) < 0)
+			side_failed(o, UV_EPIPE);
+	}
+	update_reading(c);
+}
+
+static void
+side_error(struct conn *c, struct side *s, int err)
+{
+
+	side_failed(s, err);
+	/* What the other side already sent us still goes out (finish). */
+	finish(c, s->is_client ? "client_error" : "backend_error");
+}
+
+/* TLS handshake with the client has completed. */
+static void
+client_tls_ready(struct conn *c)
+{
+	struct tlsio *t = c->client.tls;
+
+	c->hs_done = 1;
+	c->client_tls_up = 1;
+	c->hs_deadline = 0;
+	snprintf(c->sni, sizeof(c->sni), "%s", tlsio_sni(t));
+	snprintf(c->version, sizeof(c->version), "%s", tlsio_version(t));
+	snprintf(c->cipher, sizeof(c->cipher), "%s", tlsio_cipher(t));
+	tlsio_peer_subject(t, c->subject, sizeof(c->subject));
+	if (log_enabled(CONFIG_LOG_DEBUG))
+		log_fields(CONFIG_LOG_DEBUG, "handshake", (struct log_field[]){
+		    LOG_NUM("conn", c->id), LOG_STR("sni", c->sni),
+		    LOG_STR("tls_version", c->version),
+		    LOG_STR("cipher", c->cipher),
+		    LOG_STR("alpn", tlsio_alpn(t)),
+		    LOG_NUM("resumed", tlsio_resumed(t)) }, 6);
+	/*
+	 * RFC 3207 4.2, RFC 9051 6.2.1: nothing from before STARTTLS
+	 * survives.  A new backend connection starts a fresh session there,
+	 * and the handler swallows its greeting.
+	 */
+	if (c->starttls_used && c->ops != NULL)
+		c->ops->tls_ready(c->pst);
+	backend_connect(c);
+}
+
+/* Ciphertext from the client while TLS is being set up or up. */
+static void
+client_cipher(struct conn *c, const char *data, size_t len)
+{
+	struct tlsio *t = c->client.tls;
+	ssize_t n;
+	int rc;
+
+	if (c->phase == CONN_STARTTLS_HS && !c->client.hs_fed) {
+		/*
+		 * Plaintext the client pipelined after STARTTLS and that came
+		 * after our reply went out is discarded like the rest: a
+		 * ClientHello starts with a handshake record (0x16).
+		 */
+		const char *p = memchr(data, 0x16, len);
+
+		if (p == NULL)
+			return;
+		len -= (size_t)(p - data);
+		data = p;
+		c->client.hs_fed = 1;
+	}
+	tlsio_feed(t, data, len);
+	if (!c->hs_done) {
+		rc = tlsio_handshake(t);
+		if (rc == TLSIO_AGAIN)
+			return;
+		if (rc == TLSIO_FAIL) {
+			snprintf(c->detail, sizeof(c->detail), "%s",
+			    tlsio_strerror(t));
+			log_fields(CONFIG_LOG_INFO, "handshake_failed",
+			    (struct log_field[]){ LOG_NUM("conn", c->id),
+			    LOG_STR("listener", c->lc->name),
+			    LOG_STR("client", c->peer),
+			    LOG_STR("reason", tlsio_fail_reason(t)),
+			    LOG_STR("error", tlsio_strerror(t)) }, 5);
+			finish(c, "tls_handshake_failed");
+			return;
+		}
+		client_tls_ready(c);
+		if (c->phase == CONN_CLOSING)
+			return;
+	}
+	for (;;) {
+		n = tlsio_recv(t, c->w->pbuf, sizeof(c->w->pbuf));
+		if (n == TLSIO_AGAIN)
+			break;
+		if (n == 0) {
+			side_eof(c, &c->client);
+			break;
+		}
+		if (n < 0) {
+			snprintf(c->detail, sizeof(c->detail), "client tls: %s",
+			    tlsio_strerror(t));
+			finish(c, "client_error");
+			break;
+		}
+		on_client_plain(c, c->w->pbuf, (size_t)n);
+		if (c->phase == CONN_CLOSING || c->client.tls != t)
+			break;
+	}
+	/* Whatever is still fed is dropped here: the buffer goes away. */
+	tlsio_feed(t, NULL, 0);
+}
+
+/* Plaintext from the client, toward the backend. */
+static void
+on_client_plain(struct conn *c, const char *data, size_t len)
+{
+
+	c->client.bytes += len;
+	if (!c->parsing) {
+		if (side_write(c->backend, data, len) < 0 &&
+		    c->backend != NULL && c->backend->dead)
+			finish(c, "backend_error");
+		return;
+	}
+	if (lb_append(c, &c->client, data, len) < 0) {
+		finish(c, "buffer_full");
+		return;
+	}
+	process(c, &c->client);
+}
+
+static void
+on_backend_plain(struct conn *c, struct side *b, const char *data, size_t len)
+{
+
+	c->backend_bytes += len;
+	if (!c->parsing) {
+		if (side_write(&c->client, data, len) < 0 && c->client.dead)
+			finish(c, "client_error");
+		return;
+	}
+	if (lb_append(c, b, data, len) < 0) {
+		finish(c, "buffer_full");
+		return;
+	}
+	process(c, b);
+}
+
+static void
+read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct side *s = stream->data;
+	struct conn *c = s->c;
+
+	if (nread == 0 || s->detached)
+		return;
+	if (c->phase == CONN_CLOSING) {
+		side_read_stop(s);
+		return;
+	}
+	if (nread < 0) {
+		if (nread == UV_EOF) {
+			if (s->is_client && c->phase == CONN_STARTTLS_FLUSH)
+				finish(c, "client_closed");
+			else
+				side_eof(c, s);
+		} else
+			side_error(c, s, (int)nread);
+		return;
+	}
+	c->last_active = now_ms(c);
+	if (s->is_client) {
+		switch (c->phase) {
+		case CONN_STARTTLS_FLUSH:
+			/* Pipelined after STARTTLS: never relayed nor parsed. */
+			return;
+		default:
+			break;
+		}
+		if (c->client.tls != NULL)
+			client_cipher(c, buf->base, (size_t)nread);
+		else
+			on_client_plain(c, buf->base, (size_t)nread);
+	} else {
+		ssize_t n;
+
+		if (s->tls == NULL) {
+			on_backend_plain(c, s, buf->base, (size_t)nread);
+			return;
+		}
+		tlsio_feed(s->tls, buf->base, (size_t)nread);
+		for (;;) {
+			n = tlsio_recv(s->tls, c->w->pbuf, sizeof(c->w->pbuf));
+			if (n == TLSIO_AGAIN)
+				break;
+			if (n == 0) {
+				side_eof(c, s);
+				break;
+			}
+			if (n < 0) {
+				snprintf(c->detail, sizeof(c->detail),
+				    "backend tls: %s", tlsio_strerror(s->tls));
+				finish(c, "backend_error");
+				break;
+			}
+			on_backend_plain(c, s, c->w->pbuf, (size_t)n);
+			if (c->phase == CONN_CLOSING || c->backend != s)
+				break;
+		}
+		if (c->backend == s && s->tls != NULL)
+			tlsio_feed(s->tls, NULL, 0);
+	}
+}
+
+static void
+side_read_start(struct side *s)
+{
+	int rc;
+
+	if ((rc = uv_read_start(&s->u.s, alloc_cb, read_cb)) < 0) {
+		side_error(s->c, s, rc);
+		return;
+	}
+	s->reading = 1;
+}
+
+/* Start the TLS handshake with the client once our STARTTLS reply is out. */
+static void
+start_client_tls(struct conn *c)
+{
+
+	if ((c->client.tls = tlsio_server_new(&c->l->tls, tls_push,
+	    &c->client)) == NULL) {
+		finish(c, "no_memory");
+		return;
+	}
+	c->starttls_used = 1;
+	if (c->hs_deadline == 0)
+		c->hs_deadline = now_ms(c) + c->lc->handshake_timeout_ms;
+	arm_timer(c);
+	c->phase = CONN_STARTTLS_FLUSH;
+	if (c->client.queued == 0)
+		c->phase = CONN_STARTTLS_HS;
+	update_reading(c);
+}
+
+/* Carry out a handler's verdict on one line from side ${s}. */
+static int
+verdict(struct conn *c, struct side *s, enum proto_verdict v, const char *line,
+    size_t len, const struct proto_out *out)
+{
+	struct side *to = s->is_client ? c->backend : &c->client;
+	int rc = 0;
+
+	switch (v) {
+	case PROTO_FORWARD:
+		rc = side_write(to, line, len);
+		break;
+	case PROTO_REWRITE:
+		rc = side_write(to, out->buf, out->len);
+		break;
+	case PROTO_REPLY:
+		rc = side_write(s, out->buf, out->len);
+		break;
+	case PROTO_DROP:
+	case PROTO_HOLD:
+		break;
+	case PROTO_PASSTHROUGH:
+		if (out->len > 0)
+			rc = side_write(to, out->buf, out->len);
+		else
+			rc = side_write(to, line, len);
+		c->parsing = 0;
+		c->hold = 0;
+		/* What the other side had buffered goes on as it is. */
+		if (rc == 0 && to != NULL && to->lblen > 0) {
+			rc = side_write(s, to->lb, to->lblen);
+			to->lblen = 0;
+		}
+		break;
+	case PROTO_STARTTLS:
+		(void)side_write(&c->client, out->buf, out->len);
+		/*
+		 * CVE-2011-0411: whatever the client sent after STARTTLS is
+		 * dropped, and the pre-TLS backend session with it.
+		 */
+		c->client.lblen = 0;
+		backend_drop(c);
+		start_client_tls(c);
+		return (-1);
+	case PROTO_CLOSE:
+		/* A backend line that closes tells the client, not the backend. */
+		if (out->len > 0)
+			(void)side_write(&c->client, out->buf, out->len);
+		else if (!s->is_client) {
+			char buf[512];
+			size_t n = proto_unavailable(c->lc->protocol,
+			    c->lc->hostname, buf, sizeof(buf));
+
+			(void)side_write(&c->client, buf, n);
+		}
+		finish(c, "protocol");
+		return (-1);
+	}
+	if (rc < 0 && (c->client.dead || (c->backend && c->backend->dead))) {
+		finish(c, c->client.dead ? "client_error" : "backend_error");
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Feed the handler the lines (or opaque runs) buffered from side ${s}.
+ * Handler verdicts may hold a client line back until the backend has
+ * answered what came before it.
+ */
+static void
+process(struct conn *c, struct side *s)
+{
+	struct side *to;
+	struct proto_out *out = &c->w->out;
+	enum proto_verdict v;
+	size_t raw, len, max = c->ops->max_line;
+	const char *p, *eol;
+	int side = s->is_client ? PROTO_CLIENT : PROTO_BACKEND;
+
+	while (s->lblen > 0 && c->phase != CONN_CLOSING) {
+		if (s->is_client && c->hold)
+			break;
+		if (c->phase == CONN_STARTTLS_FLUSH ||
+		    c->phase == CONN_STARTTLS_HS)
+			break;
+		to = s->is_client ? c->backend : &c->client;
+		if (!c->parsing) {
+			/* Passthrough from here on: the rest goes as it is. */
+			if (side_write(to, s->lb, s->lblen) < 0 &&
+			    to != NULL && to->dead) {
+				finish(c, "write_error");
+				return;
+			}
+			lb_free(s);
+			break;
+		}
+		p = s->lb;
+		raw = c->ops->raw(c->pst, side, s->lblen);
+		if (raw > 0) {
+			if (raw > s->lblen)
+				raw = s->lblen;
+			if (side_write(to, p, raw) < 0 && to != NULL &&
+			    to->dead) {
+				finish(c, "write_error");
+				return;
+			}
+			lb_consume(s, raw);
+			continue;
+		}
+		eol = memchr(p, '\n', s->lblen > max ? max : s->lblen);
+		if (eol == NULL) {
+			if (s->lblen >= max) {
+				snprintf(c->detail, sizeof(c->detail),
+				    "%s line longer than %zu octets",
+				    s->is_client ? "client" : "backend", max);
+				finish(c, "line_too_long");
+			}
+			break;
+		}
+		len = (size_t)(eol - p) + 1;
+		if (memchr(p, '\0', len) != NULL) {
+			snprintf(c->detail, sizeof(c->detail), "NUL byte from %s",
+			    s->is_client ? "client" : "backend");
+			finish(c, "nul_byte");
+			return;
+		}
+		out->len = 0;
+		v = c->ops->line(c->pst, side, p, len, out);
+		if (v == PROTO_HOLD) {
+			c->hold = 1;
+			update_reading(c);
+			break;
+		}
+		if (verdict(c, s, v, p, len, out) < 0)
+			return;
+		if (s->lblen >= len)
+			lb_consume(s, len);
+		if (!s->is_client && c->hold) {
+			/* The backend answered: offer the held line again. */
+			c->hold = 0;
+			process(c, &c->client);
+			update_reading(c);
+			/* STARTTLS may have dropped this backend meanwhile. */
+			if (c->backend != s)
+				return;
+		}
+	}
+	if (!c->parsing) {
+		lb_free(&c->client);
+		if (c->backend != NULL)
+			lb_free(c->backend);
+	}
+}
+
+static void
+connect_cb(uv_connect_t *req, int status)
+{
+	struct side *b = req->data;
+	struct conn *c = b->c;
+	struct wreq *w, *nw;
+
+	if (b->detached || c->phase == CONN_CLOSING)
+		return;
+	if (status < 0) {
+		backend_unavailable(c, uv_strerror(status));
+		return;
+	}
+	b->connected = 1;
+	c->conn_deadline = 0;
+	/* What was queued while connecting goes first, in order. */
+	w = b->pend_head;
+	b->pend_head = b->pend_tail = NULL;
+	for (; w != NULL; w = nw) {
+		nw = w->next;
+		if (submit(b, w) < 0) {
+			for (w = nw; w != NULL; w = nw) {
+				nw = w->next;
+				b->queued -= w->len;
+				free(w);
+			}
+			backend_unavailable(c, "write failed");
+			return;
+		}
+	}
+	c->phase = CONN_RELAY;
+	c->last_active = now_ms(c);
+	arm_timer(c);
+	update_reading(c);
+	/* Client bytes that arrived with the handshake can go now. */
+	if (c->parsing && c->client.lblen > 0)
+		process(c, &c->client);
+}
+
+static void
+backend_connect(struct conn *c)
+{
+	const struct config_addr *a = &c->lc->backend;
+	struct side *b;
+	int rc;
+
+	if ((b = calloc(1, sizeof(*b))) == NULL) {
+		backend_unavailable(c, "out of memory");
+		return;
+	}
+	b->c = c;
+	b->creq.data = b;
+	b->sreq.data = b;
+	if (a->ss.ss_family == AF_UNIX)
+		rc = uv_pipe_init(&c->w->loop, &b->u.pipe, 0);
+	else
+		rc = uv_tcp_init(&c->w->loop, &b->u.tcp);
+	if (rc < 0) {
+		free(b);
+		backend_unavailable(c, uv_strerror(rc));
+		return;
+	}
+	b->u.h.data = b;
+	b->open = 1;
+	c->nhandles++;
+	c->backend = b;
+	c->phase = CONN_CONNECTING;
+	c->conn_deadline = now_ms(c) + c->lc->connect_timeout_ms;
+	if (a->ss.ss_family == AF_UNIX) {
+		const struct sockaddr_un *sun = (const void *)&a->ss;
+
+		uv_pipe_connect(&b->creq, &b->u.pipe, sun->sun_path,
+		    connect_cb);
+	} else {
+		(void)uv_tcp_nodelay(&b->u.tcp, 1);
+		if ((rc = uv_tcp_connect(&b->creq, &b->u.tcp,
+		    (const struct sockaddr *)&a->ss, connect_cb)) < 0) {
+			backend_unavailable(c, uv_strerror(rc));
+			return;
+		}
+	}
+	arm_timer(c);
+	update_reading(c);
+}
+
+static void
+format_peer(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)sa;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+	} else
+		snprintf(buf, len, "local");
+}
+
+/**
+ * conn_start(w, l, fd, peer, peerlen):
+ * Take over the accepted socket ${fd} from ${peer} and start serving it on
+ * worker ${w}.  On failure the descriptor is closed.  Return 0 or -1.
+ */
+int
+conn_start(struct worker *w, struct listener *l, int fd,
+    const struct sockaddr *peer, socklen_t peerlen)
+{
+	const struct config_listener *lc = l->conf;
+	struct conn *c;
+	struct proto_opts po;
+
+	(void)peerlen;
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		goto err0;
+	c->w = w;
+	c->l = l;
+	c->lc = lc;
+	c->id = ++w->next_id * 256 + (uint64_t)w->id;
+	c->client.c = c;
+	c->client.is_client = 1;
+	c->client.connected = 1;
+	c->t_start = c->last_active = uv_now(&w->loop);
+	format_peer(peer, c->peer, sizeof(c->peer));
+	if ((c->ops = l->proto) != NULL) {
+		if ((c->pst = calloc(1, c->ops->state_size)) == NULL)
+			goto err1;
+		po.starttls = lc->client_tls == CONFIG_TLS_STARTTLS;
+		po.client_on_tls = lc->client_tls == CONFIG_TLS_IMPLICIT;
+		po.require_tls = lc->require_tls;
+		po.hostname = lc->hostname;
+		c->ops->init(c->pst, &po);
+		c->parsing = 1;
+	}
+	if (uv_tcp_init(&w->loop, &c->client.u.tcp) < 0)
+		goto err2;
+	c->client.u.h.data = &c->client;
+	if (uv_tcp_open(&c->client.u.tcp, fd) < 0) {
+		/* The handle exists: close it the normal way. */
+		c->client.open = 1;
+		c->nhandles = 1;
+		close(fd);
+		fd = -1;
+		goto err3;
+	}
+	c->client.open = 1;
+	c->nhandles = 1;
+	(void)uv_tcp_nodelay(&c->client.u.tcp, 1);
+	if (uv_timer_init(&w->loop, &c->timer) < 0)
+		goto err3;
+	c->timer.data = c;
+	c->nhandles++;
+
+	c->next = w->conns;
+	if (w->conns != NULL)
+		w->conns->prev = c;
+	w->conns = c;
+	c->listed = 1;
+	w->nconns++;
+	atomic_fetch_add(&l->nconns, 1);
+
+	switch (lc->client_tls) {
+	case CONFIG_TLS_IMPLICIT:
+		if ((c->client.tls = tlsio_server_new(&l->tls, tls_push,
+		    &c->client)) == NULL) {
+			finish(c, "no_memory");
+			return (0);
+		}
+		c->phase = CONN_HANDSHAKE;
+		c->hs_deadline = c->t_start + lc->handshake_timeout_ms;
+		arm_timer(c);
+		update_reading(c);
+		break;
+	case CONFIG_TLS_STARTTLS:
+		/*
+		 * With require_tls nothing useful happens before TLS, so the
+		 * handshake deadline also bounds the plaintext phase.
+		 * Without it a client may stay in plaintext: idle_timeout.
+		 */
+		if (lc->require_tls)
+			c->hs_deadline = c->t_start + lc->handshake_timeout_ms;
+		backend_connect(c);
+		break;
+	case CONFIG_TLS_NONE:
+		backend_connect(c);
+		break;
+	}
+	return (0);
+
+err3:
+	/* Not yet on the worker's list: free here once the handle is closed. */
+	c->phase = CONN_CLOSING;
+	c->freed_handles = 1;
+	c->reason = "setup_failed";
+	c->nhandles = 1;
+	uv_close(&c->client.u.h, side_close_cb);
+	return (-1);
+err2:
+	free(c->pst);
+err1:
+	free(c);
+err0:
+	if (fd >= 0)
+		close(fd);
+	return (-1);
+}

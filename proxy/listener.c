@@ -1,0 +1,161 @@
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "listener.h"
+#include "log.h"
+
+/**
+ * listener_setup(l, conf, cfgpath, ticket_key, errf):
+ * Prepare ${l} for ${conf}: credentials, priority, ALPN.  Problems are written
+ * to ${errf} as "CFGPATH:LINE: message".  Return 0 or -1.
+ */
+int
+listener_setup(struct listener *l, const struct config_listener *conf,
+    const char *cfgpath, const gnutls_datum_t *ticket_key, FILE *errf)
+{
+	struct certs *c;
+	const char *errpos = NULL;
+	const char *id;
+	int rc;
+
+	memset(l, 0, sizeof(*l));
+	l->conf = conf;
+	l->proto = proto_find(conf->protocol);
+	atomic_init(&l->nconns, 0);
+	if (conf->client_tls == CONFIG_TLS_NONE)
+		return (0);
+
+	rc = gnutls_priority_init2(&l->tls.prio, conf->tls_priority, &errpos,
+	    GNUTLS_PRIORITY_INIT_DEF_APPEND);
+	if (rc < 0) {
+		fprintf(errf, "%s:%d: listener %s: bad tls_priority near "
+		    "\"%s\": %s\n", cfgpath, conf->line, conf->name,
+		    errpos != NULL ? errpos : "", gnutls_strerror(rc));
+		return (-1);
+	}
+	if ((c = certs_load(conf, cfgpath, errf)) == NULL)
+		goto err1;
+	if ((l->tls.slot = certs_slot_new(c)) == NULL) {
+		certs_unref(c);
+		goto err1;
+	}
+	/*
+	 * ALPN ids: "imap" and "pop3" are registered with IANA, "smtp" is
+	 * not but is what nginx and others use.
+	 */
+	id = l->proto != NULL ? l->proto->name : NULL;
+	if (id != NULL) {
+		l->tls.alpn.data = (unsigned char *)(uintptr_t)id;
+		l->tls.alpn.size = (unsigned int)strlen(id);
+	}
+	l->tls.alpn_strict = conf->alpn_strict;
+	l->tls.ticket_key = ticket_key;
+	l->tls.verify = conf->client_verify;
+	l->client_tls = 1;
+	return (0);
+
+err1:
+	gnutls_priority_deinit(l->tls.prio);
+	l->tls.prio = NULL;
+	return (-1);
+}
+
+/**
+ * listener_teardown(l):
+ * Free what listener_setup made.
+ */
+void
+listener_teardown(struct listener *l)
+{
+
+	if (l->tls.prio != NULL)
+		gnutls_priority_deinit(l->tls.prio);
+	certs_slot_free(l->tls.slot);
+	memset(&l->tls, 0, sizeof(l->tls));
+}
+
+static int
+make_socket(const struct config_addr *a, int reuseport, char *err,
+    size_t errlen)
+{
+	int fd, one = 1;
+
+	fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0);
+	if (fd < 0) {
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		return (-1);
+	}
+	if (a->ss.ss_family != AF_UNIX) {
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+		    sizeof(one));
+		if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+		    sizeof(one)) < 0) {
+			snprintf(err, errlen, "SO_REUSEPORT: %s",
+			    strerror(errno));
+			close(fd);
+			return (-1);
+		}
+		/* [::]:PORT means IPv6 only; list 0.0.0.0:PORT for IPv4. */
+		if (a->ss.ss_family == AF_INET6)
+			(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+			    sizeof(one));
+	}
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->sslen) < 0) {
+		snprintf(err, errlen, "cannot bind %s: %s", a->text,
+		    strerror(errno));
+		close(fd);
+		return (-1);
+	}
+	return (fd);
+}
+
+/**
+ * listener_socket(addr, reuseport, err, errlen):
+ * Make a non-blocking socket listening on ${addr}, with SO_REUSEPORT if
+ * ${reuseport}.  Return the descriptor, or -1 with a message in ${err}.
+ */
+int
+listener_socket(const struct config_addr *a, int reuseport, char *err,
+    size_t errlen)
+{
+	int fd;
+
+	if ((fd = make_socket(a, reuseport, err, errlen)) < 0)
+		return (-1);
+	if (listen(fd, 511) < 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", a->text,
+		    strerror(errno));
+		close(fd);
+		return (-1);
+	}
+	return (fd);
+}
+
+/**
+ * listener_probe(addr, err, errlen):
+ * Check that no other socket (another process's included) holds ${addr}.
+ * Return 0, or -1 with a message in ${err}.
+ */
+int
+listener_probe(const struct config_addr *a, char *err, size_t errlen)
+{
+	int fd;
+
+	/*
+	 * The workers' sockets share the port through SO_REUSEPORT, which
+	 * would also let a second mailtlsd of the same user share it without
+	 * a word.  A bind without it fails if anybody holds the address.
+	 */
+	if ((fd = make_socket(a, 0, err, errlen)) < 0)
+		return (-1);
+	close(fd);
+	return (0);
+}

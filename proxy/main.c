@@ -1,0 +1,388 @@
+#include <sys/types.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <gnutls/gnutls.h>
+#include <uv.h>
+
+#include "certs.h"
+#include "config.h"
+#include "listener.h"
+#include "log.h"
+#include "worker.h"
+
+#define EXIT_CONFIG	1
+#define EXIT_STARTUP	2
+
+struct mainctx {
+	struct config	 *cfg;
+	struct listener	 *ls;
+	struct worker	**ws;
+	unsigned	  nws;
+	atomic_uint	  ndone;
+	uv_loop_t	 *loop;
+	uv_signal_t	  sigterm, sigint, sighup;
+	uv_async_t	  done_async;
+	int		  stopping;
+	gnutls_datum_t	  ticket_key;
+};
+
+static void
+usage(FILE *f)
+{
+
+	fprintf(f,
+	    "usage: mailtlsd -c FILE        run in the foreground, log to stderr\n"
+	    "       mailtlsd -t -c FILE     check the configuration and "
+	    "certificates\n"
+	    "       mailtlsd --version      print the version\n"
+	    "       mailtlsd -h             this help\n");
+}
+
+/* The session-ticket key: 64 bytes, base64 in a file, or random. */
+static int
+load_ticket_key(const struct config *cfg, gnutls_datum_t *key, FILE *errf)
+{
+	gnutls_datum_t raw, b64;
+	size_t len;
+	int rc;
+
+	if (cfg->ticket_key_file == NULL)
+		return (gnutls_session_ticket_key_generate(key) < 0 ? -1 : 0);
+	if ((rc = gnutls_load_file(cfg->ticket_key_file, &raw)) < 0) {
+		fprintf(errf, "%s: cannot read ticket_key_file %s: %s\n",
+		    cfg->path, cfg->ticket_key_file, gnutls_strerror(rc));
+		return (-1);
+	}
+	len = raw.size;
+	while (len > 0 && (raw.data[len - 1] == '\n' ||
+	    raw.data[len - 1] == '\r' || raw.data[len - 1] == ' '))
+		len--;
+	b64.data = raw.data;
+	b64.size = (unsigned int)len;
+	rc = gnutls_base64_decode2(&b64, key);
+	gnutls_memset(raw.data, 0, raw.size);
+	gnutls_free(raw.data);
+	if (rc < 0 || key->size != 64) {
+		fprintf(errf, "%s: ticket_key_file %s must hold 64 bytes in "
+		    "base64 (openssl rand -base64 64)\n", cfg->path,
+		    cfg->ticket_key_file);
+		if (rc >= 0)
+			gnutls_free(key->data);
+		key->data = NULL;
+		return (-1);
+	}
+	return (0);
+}
+
+static int
+setup_listeners(struct mainctx *m, FILE *errf)
+{
+	size_t i;
+	int bad = 0;
+
+	if ((m->ls = calloc(m->cfg->nlisteners, sizeof(*m->ls))) == NULL)
+		return (-1);
+	for (i = 0; i < m->cfg->nlisteners; i++)
+		if (listener_setup(&m->ls[i], &m->cfg->listeners[i],
+		    m->cfg->path, &m->ticket_key, errf) < 0)
+			bad = 1;
+	return (bad ? -1 : 0);
+}
+
+static void
+teardown_listeners(struct mainctx *m)
+{
+	size_t i;
+
+	if (m->ls == NULL)
+		return;
+	for (i = 0; i < m->cfg->nlisteners; i++)
+		listener_teardown(&m->ls[i]);
+	free(m->ls);
+	m->ls = NULL;
+}
+
+static int
+drop_privileges(const char *user)
+{
+	struct passwd *pw;
+
+	if ((pw = getpwnam(user)) == NULL) {
+		log_err("start", "no such user: %s", user);
+		return (-1);
+	}
+	if (geteuid() != 0) {
+		if (pw->pw_uid == geteuid())
+			return (0);
+		log_err("start", "cannot switch to user %s: not started as "
+		    "root", user);
+		return (-1);
+	}
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0 ||
+	    setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+		log_err("start", "cannot switch to user %s: %s", user,
+		    strerror(errno));
+		return (-1);
+	}
+	/* Make sure there is no way back. */
+	if (setuid(0) == 0) {
+		log_err("start", "still able to regain root after dropping to "
+		    "%s", user);
+		return (-1);
+	}
+	log_info("start", "running as user %s (uid %u, gid %u)", user,
+	    (unsigned)pw->pw_uid, (unsigned)pw->pw_gid);
+	return (0);
+}
+
+/* SIGHUP: load every listener's credentials again; keep the old on error. */
+static void
+reload(struct mainctx *m)
+{
+	char *msg = NULL;
+	size_t msglen = 0, i;
+	FILE *errf;
+	struct certs *c;
+
+	for (i = 0; i < m->cfg->nlisteners; i++) {
+		const struct config_listener *lc = &m->cfg->listeners[i];
+
+		if (!m->ls[i].client_tls)
+			continue;
+		if ((errf = open_memstream(&msg, &msglen)) == NULL)
+			continue;
+		c = certs_load(lc, m->cfg->path, errf);
+		fclose(errf);
+		if (c == NULL) {
+			log_fields(CONFIG_LOG_ERROR, "reload",
+			    (struct log_field[]){
+			    LOG_STR("listener", lc->name),
+			    LOG_STR("result", "failed"),
+			    LOG_STR("error", msg) }, 3);
+		} else {
+			certs_slot_set(m->ls[i].tls.slot, c);
+			log_fields(CONFIG_LOG_INFO, "reload",
+			    (struct log_field[]){
+			    LOG_STR("listener", lc->name),
+			    LOG_STR("result", "ok") }, 2);
+		}
+		free(msg);
+		msg = NULL;
+	}
+}
+
+static void
+close_cb(uv_handle_t *h)
+{
+
+	(void)h;
+}
+
+static void
+worker_done(void *arg)
+{
+	struct mainctx *m = arg;
+
+	atomic_fetch_add(&m->ndone, 1);
+	uv_async_send(&m->done_async);
+}
+
+/* Async sends coalesce: count, don't trust the number of calls. */
+static void
+all_done_check(uv_async_t *as)
+{
+	struct mainctx *m = as->data;
+
+	if (atomic_load(&m->ndone) < m->nws)
+		return;
+	uv_close((uv_handle_t *)&m->sigterm, close_cb);
+	uv_close((uv_handle_t *)&m->sigint, close_cb);
+	uv_close((uv_handle_t *)&m->sighup, close_cb);
+	uv_close((uv_handle_t *)&m->done_async, close_cb);
+}
+
+static void
+signal_cb(uv_signal_t *s, int signum)
+{
+	struct mainctx *m = s->data;
+	unsigned i;
+
+	if (signum == SIGHUP) {
+		log_info("reload", "SIGHUP: reloading certificates");
+		reload(m);
+		return;
+	}
+	if (m->stopping)
+		return;
+	m->stopping = 1;
+	log_info("shutdown", "%s: no longer accepting; letting open sessions "
+	    "finish for up to %llu ms", signum == SIGTERM ? "SIGTERM" :
+	    "SIGINT", (unsigned long long)m->cfg->shutdown_timeout_ms);
+	for (i = 0; i < m->nws; i++)
+		worker_stop(m->ws[i]);
+}
+
+static int
+run(struct mainctx *m)
+{
+	const struct config *cfg = m->cfg;
+	char err[256];
+	unsigned nw, i;
+	size_t j;
+	int *fds = NULL, rc = EXIT_STARTUP;
+
+	nw = cfg->workers != 0 ? cfg->workers :
+	    (unsigned)uv_available_parallelism();
+	if (nw == 0)
+		nw = 1;
+	for (j = 0; j < cfg->nlisteners; j++)
+		if (listener_probe(&cfg->listeners[j].listen, err,
+		    sizeof(err)) < 0) {
+			log_err("start", "listener %s: %s",
+			    cfg->listeners[j].name, err);
+			return (EXIT_STARTUP);
+		}
+	if ((m->ws = calloc(nw, sizeof(*m->ws))) == NULL ||
+	    (fds = calloc(cfg->nlisteners, sizeof(int))) == NULL)
+		goto out;
+	for (i = 0; i < nw; i++) {
+		for (j = 0; j < cfg->nlisteners; j++) {
+			fds[j] = listener_socket(&cfg->listeners[j].listen, 1,
+			    err, sizeof(err));
+			if (fds[j] < 0) {
+				log_err("start", "listener %s: %s",
+				    cfg->listeners[j].name, err);
+				goto out;
+			}
+		}
+		if ((m->ws[i] = worker_new((int)i, cfg, m->ls,
+		    cfg->nlisteners, fds, worker_done, m)) == NULL)
+			goto out;
+		m->nws++;
+	}
+	/* Ports are bound: now nothing needs root any more. */
+	if (cfg->user != NULL && drop_privileges(cfg->user) < 0)
+		goto out;
+
+	m->loop = uv_default_loop();
+	uv_signal_init(m->loop, &m->sigterm);
+	uv_signal_init(m->loop, &m->sigint);
+	uv_signal_init(m->loop, &m->sighup);
+	m->sigterm.data = m->sigint.data = m->sighup.data = m;
+	uv_signal_start(&m->sigterm, signal_cb, SIGTERM);
+	uv_signal_start(&m->sigint, signal_cb, SIGINT);
+	uv_signal_start(&m->sighup, signal_cb, SIGHUP);
+	uv_async_init(m->loop, &m->done_async, all_done_check);
+	m->done_async.data = m;
+
+	for (i = 0; i < m->nws; i++)
+		if (worker_start(m->ws[i]) < 0) {
+			log_err("start", "cannot start worker %u", i);
+			exit(EXIT_STARTUP);
+		}
+	for (j = 0; j < cfg->nlisteners; j++) {
+		const struct config_listener *l = &cfg->listeners[j];
+
+		log_fields(CONFIG_LOG_INFO, "listen", (struct log_field[]){
+		    LOG_STR("listener", l->name),
+		    LOG_STR("listen", l->listen.text),
+		    LOG_STR("proto", config_proto_name(l->protocol)),
+		    LOG_STR("client_tls", l->client_tls == CONFIG_TLS_IMPLICIT ?
+		    "implicit" : l->client_tls == CONFIG_TLS_STARTTLS ?
+		    "starttls" : "none"),
+		    LOG_STR("backend", l->backend.text),
+		    LOG_STR("tls_priority", l->client_tls != CONFIG_TLS_NONE ?
+		    l->tls_priority : "") }, 6);
+	}
+	log_info("ready", "mailtlsd %s: %u worker(s), %zu listener(s)",
+	    MAILTLSD_VERSION, m->nws, cfg->nlisteners);
+	uv_run(m->loop, UV_RUN_DEFAULT);
+	for (i = 0; i < m->nws; i++)
+		worker_join(m->ws[i]);
+	m->nws = 0;
+	(void)uv_loop_close(m->loop);
+	log_info("shutdown", "stopped");
+	rc = 0;
+out:
+	free(fds);
+	return (rc);
+}
+
+int
+main(int argc, char *argv[])
+{
+	static const struct option longopts[] = {
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "test", no_argument, NULL, 't' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct mainctx m;
+	const char *path = NULL;
+	int ch, check = 0, rc;
+
+	while ((ch = getopt_long(argc, argv, "c:thV", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			check = 1;
+			break;
+		case 'V':
+			printf("mailtlsd %s (GnuTLS %s, libuv %s)\n",
+			    MAILTLSD_VERSION, gnutls_check_version(NULL),
+			    uv_version_string());
+			return (0);
+		case 'h':
+			usage(stdout);
+			return (0);
+		default:
+			usage(stderr);
+			return (EXIT_CONFIG);
+		}
+	}
+	if (path == NULL || optind != argc) {
+		usage(stderr);
+		return (EXIT_CONFIG);
+	}
+	signal(SIGPIPE, SIG_IGN);
+	memset(&m, 0, sizeof(m));
+	if ((m.cfg = config_load(path, stderr)) == NULL)
+		return (EXIT_CONFIG);
+	log_setup(m.cfg->log_level, m.cfg->log_format);
+	if (load_ticket_key(m.cfg, &m.ticket_key, stderr) < 0) {
+		rc = check ? EXIT_CONFIG : EXIT_STARTUP;
+		goto out;
+	}
+	if (setup_listeners(&m, stderr) < 0) {
+		rc = check ? EXIT_CONFIG : EXIT_STARTUP;
+		goto out;
+	}
+	if (check) {
+		printf("%s: configuration and certificates OK\n", path);
+		rc = 0;
+		goto out;
+	}
+	rc = run(&m);
+out:
+	teardown_listeners(&m);
+	if (m.ticket_key.data != NULL) {
+		gnutls_memset(m.ticket_key.data, 0, m.ticket_key.size);
+		gnutls_free(m.ticket_key.data);
+	}
+	free(m.ws);
+	config_free(m.cfg);
+	return (rc);
+}

@@ -1,0 +1,431 @@
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+
+#include "log.h"
+#include "tlsio.h"
+
+struct tlsio {
+	gnutls_session_t	 s;
+	struct certs		*certs;		/* server side: ref held */
+	tlsio_push_fn		*push;
+	void			*arg;
+	const unsigned char	*in;		/* fed ciphertext, borrowed */
+	size_t			 inlen;
+	int			 err;		/* last GnuTLS error */
+	int			 bye_sent;
+	char			 sni[256];
+};
+
+static ssize_t
+pull_fn(gnutls_transport_ptr_t p, void *buf, size_t len)
+{
+	struct tlsio *t = p;
+
+	if (t->inlen == 0) {
+		gnutls_transport_set_errno(t->s, EAGAIN);
+		return (-1);
+	}
+	if (len > t->inlen)
+		len = t->inlen;
+	memcpy(buf, t->in, len);
+	t->in += len;
+	t->inlen -= len;
+	return ((ssize_t)len);
+}
+
+static ssize_t
+push_fn(gnutls_transport_ptr_t p, const void *buf, size_t len)
+{
+	struct tlsio *t = p;
+
+	if (t->push(t->arg, buf, len) != 0) {
+		gnutls_transport_set_errno(t->s, EPIPE);
+		return (-1);
+	}
+	return ((ssize_t)len);
+}
+
+static ssize_t
+vec_push_fn(gnutls_transport_ptr_t p, const giovec_t *iov, int iovcnt)
+{
+	struct tlsio *t = p;
+	ssize_t total = 0;
+	int i;
+
+	/* One record comes as header + body: queue them as one write. */
+	if (iovcnt == 2 && iov[0].iov_len + iov[1].iov_len <= 32 * 1024) {
+		unsigned char buf[32 * 1024];
+
+		memcpy(buf, iov[0].iov_base, iov[0].iov_len);
+		memcpy(buf + iov[0].iov_len, iov[1].iov_base, iov[1].iov_len);
+		return (push_fn(p, buf, iov[0].iov_len + iov[1].iov_len));
+	}
+	for (i = 0; i < iovcnt; i++) {
+		if (t->push(t->arg, iov[i].iov_base, iov[i].iov_len) != 0) {
+			gnutls_transport_set_errno(t->s, EPIPE);
+			return (-1);
+		}
+		total += (ssize_t)iov[i].iov_len;
+	}
+	return (total);
+}
+
+static struct tlsio *
+tlsio_new(unsigned int flags, tlsio_push_fn *push, void *arg)
+{
+	struct tlsio *t;
+
+	if ((t = calloc(1, sizeof(*t))) == NULL)
+		return (NULL);
+	/* No GNUTLS_ENABLE_EARLY_DATA: 0-RTT data could be replayed. */
+	if (gnutls_init(&t->s, flags | GNUTLS_NONBLOCK |
+	    GNUTLS_NO_SIGNAL) < 0) {
+		free(t);
+		return (NULL);
+	}
+	t->push = push;
+	t->arg = arg;
+	gnutls_transport_set_ptr(t->s, t);
+	gnutls_transport_set_pull_function(t->s, pull_fn);
+	gnutls_transport_set_push_function(t->s, push_fn);
+	gnutls_transport_set_vec_push_function(t->s, vec_push_fn);
+	return (t);
+}
+
+/**
+ * tlsio_server_new(ctx, push, arg):
+ * Make a server session using ${ctx}'s current credentials (a reference is
+ * held until tlsio_free).  ${push}(${arg}, ...) sends ciphertext.
+ * Return the session, or NULL.
+ */
+struct tlsio *
+tlsio_server_new(const struct tlsio_server_ctx *ctx, tlsio_push_fn *push,
+    void *arg)
+{
+	struct tlsio *t;
+	unsigned int aflags;
+
+	if ((t = tlsio_new(GNUTLS_SERVER, push, arg)) == NULL)
+		goto err0;
+	t->certs = certs_slot_get(ctx->slot);
+	if (gnutls_priority_set(t->s, ctx->prio) < 0 ||
+	    gnutls_credentials_set(t->s, GNUTLS_CRD_CERTIFICATE,
+	    certs_cred(t->certs)) < 0)
+		goto err1;
+	if (ctx->alpn.size > 0) {
+		aflags = GNUTLS_ALPN_SERVER_PRECEDENCE;
+		if (ctx->alpn_strict)
+			aflags |= GNUTLS_ALPN_MANDATORY;
+		if (gnutls_alpn_set_protocols(t->s, &ctx->alpn, 1, aflags) < 0)
+			goto err1;
+	}
+	if (ctx->ticket_key != NULL &&
+	    gnutls_session_ticket_enable_server(t->s, ctx->ticket_key) < 0)
+		goto err1;
+	if (ctx->verify != CONFIG_VERIFY_NONE) {
+		gnutls_certificate_server_set_request(t->s,
+		    ctx->verify == CONFIG_VERIFY_REQUIRED ?
+		    GNUTLS_CERT_REQUIRE : GNUTLS_CERT_REQUEST);
+		gnutls_session_set_verify_cert(t->s, NULL, 0);
+	}
+	return (t);
+
+err1:
+	tlsio_free(t);
+err0:
+	return (NULL);
+}
+
+/**
+ * tlsio_client_new(ctx, resume, push, arg):
+ * Make a client session toward a backend; ${resume} (may be NULL) is session
+ * data from an earlier connection to try to resume.  Return it, or NULL.
+ */
+struct tlsio *
+tlsio_client_new(const struct tlsio_client_ctx *ctx,
+    const gnutls_datum_t *resume, tlsio_push_fn *push, void *arg)
+{
+	struct tlsio *t;
+
+	if ((t = tlsio_new(GNUTLS_CLIENT, push, arg)) == NULL)
+		goto err0;
+	if (gnutls_priority_set(t->s, ctx->prio) < 0 ||
+	    gnutls_credentials_set(t->s, GNUTLS_CRD_CERTIFICATE,
+	    ctx->cred) < 0)
+		goto err1;
+	if (ctx->name != NULL && ctx->name[0] != '\0' &&
+	    gnutls_server_name_set(t->s, GNUTLS_NAME_DNS, ctx->name,
+	    strlen(ctx->name)) < 0)
+		goto err1;
+	if (ctx->verify)
+		gnutls_session_set_verify_cert(t->s, ctx->name, 0);
+	if (resume != NULL && resume->size > 0)
+		(void)gnutls_session_set_data(t->s, resume->data, resume->size);
+	return (t);
+
+err1:
+	tlsio_free(t);
+err0:
+	return (NULL);
+}
+
+/**
+ * tlsio_free(t):
+ * Free ${t} and drop its reference to the credentials; NULL is a no-op.
+ */
+void
+tlsio_free(struct tlsio *t)
+{
+
+	if (t == NULL)
+		return;
+	gnutls_deinit(t->s);
+	/* Only now may the credentials go: the session pointed at them. */
+	certs_unref(t->certs);
+	free(t);
+}
+
+/**
+ * tlsio_feed(t, data, len):
+ * Make ${len} bytes of ciphertext available to ${t}.  They are borrowed: the
+ * caller must call tlsio_handshake() or tlsio_recv() until TLSIO_AGAIN before
+ * ${data} goes away (anything still unread is then dropped).
+ */
+void
+tlsio_feed(struct tlsio *t, const void *data, size_t len)
+{
+
+	t->in = data;
+	t->inlen = len;
+}
+
+/**
+ * tlsio_handshake(t):
+ * Advance the handshake.  Return 0 when it is complete, TLSIO_AGAIN, or
+ * TLSIO_FAIL (an alert has been sent where one applies).
+ */
+int
+tlsio_handshake(struct tlsio *t)
+{
+	int rc;
+
+	do
+		rc = gnutls_handshake(t->s);
+	while (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN);
+	if (rc == GNUTLS_E_SUCCESS)
+		return (0);
+	if (rc == GNUTLS_E_AGAIN)
+		return (TLSIO_AGAIN);
+	t->err = rc;
+	/* A proper alert (protocol_version, handshake_failure, ...) tells the
+	 * client why, rather than a bare reset. */
+	if (rc != GNUTLS_E_PUSH_ERROR && rc != GNUTLS_E_PREMATURE_TERMINATION &&
+	    rc != GNUTLS_E_WARNING_ALERT_RECEIVED &&
+	    rc != GNUTLS_E_FATAL_ALERT_RECEIVED)
+		(void)gnutls_alert_send_appropriate(t->s, rc);
+	return (TLSIO_FAIL);
+}
+
+/**
+ * tlsio_recv(t, buf, len):
+ * Decrypt into ${buf}.  Return the number of bytes (> 0), 0 when the peer
+ * sent close_notify, TLSIO_AGAIN, or TLSIO_FAIL.
+ */
+ssize_t
+tlsio_recv(struct tlsio *t, void *buf, size_t len)
+{
+	ssize_t n;
+
+	for (;;) {
+		n = gnutls_record_recv(t->s, buf, len);
+		if (n >= 0)
+			return (n);
+		if (n == GNUTLS_E_AGAIN)
+			return (TLSIO_AGAIN);
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n == GNUTLS_E_REHANDSHAKE) {
+			/* Client-initiated renegotiation is refused. */
+			(void)gnutls_alert_send(t->s, GNUTLS_AL_WARNING,
+			    GNUTLS_A_NO_RENEGOTIATION);
+			continue;
+		}
+		if (!gnutls_error_is_fatal((int)n))
+			continue;
+		t->err = (int)n;
+		return (TLSIO_FAIL);
+	}
+}
+
+/**
+ * tlsio_send(t, data, len):
+ * Encrypt ${len} bytes and push them.  Return 0 or -1.
+ */
+int
+tlsio_send(struct tlsio *t, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	ssize_t n;
+
+	while (len > 0) {
+		n = gnutls_record_send(t->s, p, len);
+		if (n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN)
+			continue;
+		if (n < 0) {
+			t->err = (int)n;
+			return (-1);
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return (0);
+}
+
+/**
+ * tlsio_bye(t):
+ * Send close_notify (once).
+ */
+void
+tlsio_bye(struct tlsio *t)
+{
+
+	if (t->bye_sent)
+		return;
+	t->bye_sent = 1;
+	(void)gnutls_bye(t->s, GNUTLS_SHUT_WR);
+}
+
+/**
+ * tlsio_strerror(t):
+ * Why the session failed, for logs.
+ */
+const char *
+tlsio_strerror(const struct tlsio *t)
+{
+
+	if (t->err == GNUTLS_E_FATAL_ALERT_RECEIVED ||
+	    t->err == GNUTLS_E_WARNING_ALERT_RECEIVED)
+		return (gnutls_alert_get_name(gnutls_alert_get(t->s)));
+	return (t->err != 0 ? gnutls_strerror(t->err) : "");
+}
+
+/**
+ * tlsio_fail_reason(t):
+ * The class of the failure, for metrics: "alpn", "alert", "client_cert",
+ * "verify" or "other".
+ */
+const char *
+tlsio_fail_reason(const struct tlsio *t)
+{
+
+	switch (t->err) {
+	case GNUTLS_E_NO_APPLICATION_PROTOCOL:
+		return ("alpn");
+	case GNUTLS_E_FATAL_ALERT_RECEIVED:
+	case GNUTLS_E_WARNING_ALERT_RECEIVED:
+		return ("alert");
+	case GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR:
+	case GNUTLS_E_CERTIFICATE_ERROR:
+	case GNUTLS_E_NO_CERTIFICATE_FOUND:
+		return ("client_cert");
+	default:
+		return ("other");
+	}
+}
+
+const char *
+tlsio_sni(const struct tlsio *t)
+{
+	struct tlsio *m = (struct tlsio *)(uintptr_t)t;
+	size_t len = sizeof(m->sni) - 1;
+	unsigned int type;
+
+	if (m->sni[0] != '\0')
+		return (m->sni);
+	if (gnutls_server_name_get(m->s, m->sni, &len, &type, 0) < 0 ||
+	    type != GNUTLS_NAME_DNS)
+		m->sni[0] = '\0';
+	return (m->sni);
+}
+
+const char *
+tlsio_version(const struct tlsio *t)
+{
+	const char *v;
+
+	v = gnutls_protocol_get_name(gnutls_protocol_get_version(t->s));
+	return (v != NULL ? v : "");
+}
+
+const char *
+tlsio_cipher(const struct tlsio *t)
+{
+	const char *c;
+
+	c = gnutls_cipher_get_name(gnutls_cipher_get(t->s));
+	return (c != NULL ? c : "");
+}
+
+const char *
+tlsio_alpn(const struct tlsio *t)
+{
+	static __thread char buf[32];
+	gnutls_datum_t p;
+
+	if (gnutls_alpn_get_selected_protocol(t->s, &p) < 0 ||
+	    p.size >= sizeof(buf))
+		return ("");
+	memcpy(buf, p.data, p.size);
+	buf[p.size] = '\0';
+	return (buf);
+}
+
+int
+tlsio_resumed(const struct tlsio *t)
+{
+
+	return (gnutls_session_is_resumed(t->s) != 0);
+}
+
+/**
+ * tlsio_peer_subject(t, buf, len):
+ * Write the verified peer certificate's subject DN into ${buf} ("" if none).
+ */
+void
+tlsio_peer_subject(const struct tlsio *t, char *buf, size_t len)
+{
+	const gnutls_datum_t *certs;
+	unsigned int n = 0;
+	gnutls_x509_crt_t crt;
+	gnutls_datum_t dn;
+
+	buf[0] = '\0';
+	if ((certs = gnutls_certificate_get_peers(t->s, &n)) == NULL || n == 0)
+		return;
+	if (gnutls_x509_crt_init(&crt) < 0)
+		return;
+	if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) >= 0 &&
+	    gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0) {
+		snprintf(buf, len, "%.*s", (int)dn.size, (const char *)dn.data);
+		gnutls_free(dn.data);
+	}
+	gnutls_x509_crt_deinit(crt);
+}
+
+/**
+ * tlsio_session_data(t, out):
+ * Export the session for resumption into ${out} (free with gnutls_free).
+ * Return 0 or -1.
+ */
+int
+tlsio_session_data(const struct tlsio *t, gnutls_datum_t *out)
+{
+
+	return (gnutls_session_get_data2(t->s, out) < 0 ? -1 : 0);
+}
