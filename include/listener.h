@@ -18,12 +18,16 @@ struct listener {
 	const struct proto_ops		*proto;		/* NULL: opaque bytes */
 	int				 client_tls;	/* tls below is set up */
 	struct tlsio_server_ctx		 tls;
+	size_t				 index;		/* in the config */
+	int				 backend_tls;	/* btls is set up */
+	struct tlsio_client_ctx		 btls;
 	atomic_uint			 nconns;	/* over all workers */
 };
 
 /**
  * listener_setup(l, conf, cfgpath, ticket_key, errf):
- * Prepare ${l} for ${conf}: credentials, priority, ALPN.  Problems are written
+ * Prepare ${l} for ${conf}: credentials, priority, ALPN, and the TLS
+ * context toward the backend.  Problems are written
  * to ${errf} as "CFGPATH:LINE: message".  Return 0 or -1.
  */
 int listener_setup(struct listener *, const struct config_listener *,

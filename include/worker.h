@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "listener.h"
+#include "tlsio.h"
 
 struct conn;
 
@@ -35,6 +36,8 @@ struct worker {
 	char			 rbuf[WORKER_READ_CHUNK];
 	char			 pbuf[WORKER_READ_CHUNK];
 	struct proto_out	 out;		/* a handler's verdict text */
+	gnutls_datum_t		*bsess;		/* per listener: a backend TLS
+						   session to resume */
 	/* private to worker.c */
 	struct worker_accept	*acc;
 	size_t			 nacc;
@@ -75,6 +78,20 @@ void worker_stop(struct worker *);
  * Wait for ${w}'s thread to end, then free ${w}.
  */
 void worker_join(struct worker *);
+
+/**
+ * worker_session(w, l):
+ * The backend TLS session last saved for listener ${l} on ${w}, or NULL.
+ */
+const gnutls_datum_t *worker_session(struct worker *, const struct listener *);
+
+/**
+ * worker_save_session(w, l, t):
+ * Keep ${t}'s session data so that the next backend connection of ${l} on
+ * ${w} can resume it.
+ */
+void worker_save_session(struct worker *, const struct listener *,
+    const struct tlsio *);
 
 /**
  * worker_conn_gone(w, l):

@@ -12,6 +12,7 @@
 
 #include <uv.h>
 
+#include "bstarttls.h"
 #include "conn.h"
 #include "log.h"
 #include "proto.h"
@@ -48,6 +49,8 @@ struct side {
 	unsigned	 is_client:1;
 	unsigned	 open:1;	/* handle initialised, needs uv_close */
 	unsigned	 connected:1;
+	unsigned	 ready:1;	/* takes plaintext: connected, and
+					   TLS up where the backend wants it */
 	unsigned	 reading:1;
 	unsigned	 eof:1;		/* the peer will send no more */
 	unsigned	 dead:1;	/* nothing more can be written */
@@ -55,12 +58,13 @@ struct side {
 	unsigned	 detached:1;	/* a backend being dropped */
 	unsigned	 hs_fed:1;	/* STARTTLS: ciphertext seen */
 	size_t		 queued;	/* bytes handed to libuv or pending */
-	struct wreq	*pend_head;	/* writes waiting for the connection */
+	struct wreq	*pend_head;	/* plaintext waiting for ready */
 	struct wreq	*pend_tail;
 	char		*lb;		/* bytes not yet handled by the parser */
 	size_t		 lblen;
 	size_t		 lbcap;
 	uint64_t	 bytes;		/* plaintext bytes received */
+	struct bstls	*bst;		/* backend STARTTLS dialogue */
 	uv_connect_t	 creq;
 	uv_shutdown_t	 sreq;
 };
@@ -68,6 +72,8 @@ struct side {
 enum conn_phase {
 	CONN_HANDSHAKE,		/* implicit TLS: handshake with the client */
 	CONN_CONNECTING,	/* waiting for the backend connection */
+	CONN_BACKEND_STARTTLS,	/* our STARTTLS dialogue with the backend */
+	CONN_BACKEND_TLS,	/* TLS handshake with the backend */
 	CONN_RELAY,		/* relaying, parsed or not */
 	CONN_STARTTLS_FLUSH,	/* our STARTTLS reply drains; client input
 				   is discarded */
@@ -76,7 +82,7 @@ enum conn_phase {
 };
 
 static const char *const phase_names[] = {
-	"handshake", "connecting", "relay", "starttls", "starttls_handshake",
+	"handshake", "connecting", "backend_starttls", "backend_tls", "relay", "starttls", "starttls_handshake",
 	"closing",
 };
 
@@ -127,6 +133,12 @@ static void	maybe_close(struct conn *);
 static void	process(struct conn *, struct side *);
 static void	backend_connect(struct conn *);
 static void	on_client_plain(struct conn *, const char *, size_t);
+static void	on_backend_plain(struct conn *, struct side *, const char *,
+		    size_t);
+static void	backend_unavailable(struct conn *, const char *);
+static void	backend_ready(struct conn *, struct side *);
+static void	backend_dialogue(struct conn *, struct side *, const char *,
+		    size_t);
 
 static uint64_t
 now_ms(const struct conn *c)
@@ -209,11 +221,11 @@ raw_write(struct side *s, const void *data, size_t len)
 	uv_buf_t b;
 	int n;
 
-	if (s->dead || s->detached)
+	if (s->dead || s->detached || !s->connected)
 		return (-1);
 	if (len == 0)
 		return (0);
-	if (s->connected && s->queued == 0) {
+	if (s->queued == 0) {
 		b = uv_buf_init((char *)(uintptr_t)data, (unsigned int)len);
 		n = uv_try_write(&s->u.s, &b, 1);
 		if (n >= 0 && (size_t)n == len)
@@ -237,15 +249,34 @@ raw_write(struct side *s, const void *data, size_t len)
 	w->req.data = w;
 	memcpy(w->data, data, len);
 	s->queued += len;
-	if (!s->connected) {
-		if (s->pend_tail != NULL)
-			s->pend_tail->next = w;
-		else
-			s->pend_head = w;
-		s->pend_tail = w;
-		return (0);
-	}
 	return (submit(s, w));
+}
+
+/*
+ * Plaintext for a backend that is not ready (connecting, or its TLS not up
+ * yet) waits here, so that nothing ever reaches it unencrypted when it
+ * should be encrypted.  It counts toward the queue, so backpressure holds.
+ */
+static int
+pend_write(struct side *s, const void *data, size_t len)
+{
+	struct wreq *w;
+
+	if ((w = malloc(sizeof(*w) + len)) == NULL) {
+		side_failed(s, UV_ENOMEM);
+		return (-1);
+	}
+	w->side = s;
+	w->next = NULL;
+	w->len = len;
+	memcpy(w->data, data, len);
+	s->queued += len;
+	if (s->pend_tail != NULL)
+		s->pend_tail->next = w;
+	else
+		s->pend_head = w;
+	s->pend_tail = w;
+	return (0);
 }
 
 static int
@@ -262,6 +293,10 @@ side_write(struct side *s, const void *data, size_t len)
 
 	if (s == NULL || s->dead || s->detached || s->shut)
 		return (-1);
+	if (len == 0)
+		return (0);
+	if (!s->ready)
+		return (pend_write(s, data, len));
 	if (s->tls != NULL)
 		return (tlsio_send(s->tls, data, len));
 	return (raw_write(s, data, len));
@@ -297,6 +332,10 @@ update_reading(struct conn *c)
 		break;
 	case CONN_CONNECTING:
 		/* Nothing more from the client until the backend is there. */
+		break;
+	case CONN_BACKEND_STARTTLS:
+	case CONN_BACKEND_TLS:
+		rb = 1;
 		break;
 	case CONN_RELAY:
 		rc = !c->hold && (b == NULL || b->queued < SIDE_HWM);
@@ -344,9 +383,8 @@ lb_free(struct side *s)
  * one read's worth, since a side is not read while it holds a held line.
  */
 static int
-lb_append(struct conn *c, struct side *s, const char *data, size_t len)
+lb_append_cap(struct side *s, const char *data, size_t len, size_t cap)
 {
-	size_t cap = c->ops->max_line + 2 * WORKER_READ_CHUNK;
 	char *nb;
 
 	if (s->lblen + len > cap)
@@ -368,6 +406,14 @@ lb_append(struct conn *c, struct side *s, const char *data, size_t len)
 	return (0);
 }
 
+static int
+lb_append(struct conn *c, struct side *s, const char *data, size_t len)
+{
+
+	return (lb_append_cap(s, data, len, c->ops->max_line +
+	    2 * WORKER_READ_CHUNK));
+}
+
 static void
 side_close_cb(uv_handle_t *h)
 {
@@ -380,6 +426,9 @@ side_close_cb(uv_handle_t *h)
 		free(w);
 	}
 	s->pend_head = s->pend_tail = NULL;
+	if (!s->is_client && s->tls != NULL && s->ready)
+		worker_save_session(s->c->w, s->c->l, s->tls);
+	free(s->bst);
 	tlsio_free(s->tls);
 	s->tls = NULL;
 	lb_free(s);
@@ -579,8 +628,11 @@ timer_cb(uv_timer_t *t)
 		maybe_close(c);
 		return;
 	case CONN_CONNECTING:
+	case CONN_BACKEND_STARTTLS:
+	case CONN_BACKEND_TLS:
 		if (c->conn_deadline != 0 && now >= c->conn_deadline) {
-			backend_unavailable(c, "connect timeout");
+			backend_unavailable(c, c->phase == CONN_CONNECTING ?
+			    "connect timeout" : "backend TLS set-up timeout");
 			return;
 		}
 		break;
@@ -616,8 +668,7 @@ arm_timer(struct conn *c)
 	else {
 		if (c->hs_deadline != 0)
 			when = c->hs_deadline;
-		if (c->phase == CONN_CONNECTING && c->conn_deadline != 0 &&
-		    c->conn_deadline < when)
+		if (c->conn_deadline != 0 && c->conn_deadline < when)
 			when = c->conn_deadline;
 		if (c->phase == CONN_RELAY &&
 		    c->last_active + c->lc->idle_timeout_ms < when)
@@ -843,12 +894,31 @@ read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 			on_client_plain(c, buf->base, (size_t)nread);
 	} else {
 		ssize_t n;
+		int rc;
 
+		if (c->phase == CONN_BACKEND_STARTTLS) {
+			backend_dialogue(c, s, buf->base, (size_t)nread);
+			return;
+		}
 		if (s->tls == NULL) {
 			on_backend_plain(c, s, buf->base, (size_t)nread);
 			return;
 		}
 		tlsio_feed(s->tls, buf->base, (size_t)nread);
+		if (c->phase == CONN_BACKEND_TLS) {
+			rc = tlsio_handshake(s->tls);
+			if (rc == TLSIO_AGAIN) {
+				tlsio_feed(s->tls, NULL, 0);
+				return;
+			}
+			if (rc == TLSIO_FAIL) {
+				backend_unavailable(c, tlsio_strerror(s->tls));
+				return;
+			}
+			backend_ready(c, s);
+			if (c->phase == CONN_CLOSING || c->backend != s)
+				return;
+		}
 		for (;;) {
 			n = tlsio_recv(s->tls, c->w->pbuf, sizeof(c->w->pbuf));
 			if (n == TLSIO_AGAIN)
@@ -1059,12 +1129,129 @@ process(struct conn *c, struct side *s)
 	}
 }
 
+/*
+ * The backend takes plaintext now: show the client the greeting kept from
+ * a STARTTLS dialogue, and send what the client said meanwhile.
+ */
+static void
+backend_ready(struct conn *c, struct side *b)
+{
+	struct wreq *w, *nw;
+	const char *g;
+	size_t glen;
+
+	b->ready = 1;
+	c->conn_deadline = 0;
+	c->phase = CONN_RELAY;
+	c->last_active = now_ms(c);
+	if (b->bst != NULL) {
+		g = bstls_greeting(b->bst, &glen);
+		if (glen > 0) {
+			on_backend_plain(c, b, g, glen);
+			if (c->phase == CONN_CLOSING)
+				return;
+		}
+		free(b->bst);
+		b->bst = NULL;
+	}
+	w = b->pend_head;
+	b->pend_head = b->pend_tail = NULL;
+	for (; w != NULL; w = nw) {
+		nw = w->next;
+		b->queued -= w->len;
+		if (side_write(b, w->data, w->len) < 0) {
+			for (w = nw; w != NULL; w = nw) {
+				nw = w->next;
+				b->queued -= w->len;
+				free(w);
+			}
+			free(w);
+			finish(c, "backend_error");
+			return;
+		}
+		free(w);
+	}
+	arm_timer(c);
+	update_reading(c);
+	/* Client bytes that arrived with the handshake can go now. */
+	if (c->parsing && c->client.lblen > 0)
+		process(c, &c->client);
+}
+
+/* Start TLS toward the backend (implicit, or after its go-ahead). */
+static void
+backend_start_tls(struct conn *c, struct side *b)
+{
+	const gnutls_datum_t *resume = worker_session(c->w, c->l);
+
+	if ((b->tls = tlsio_client_new(&c->l->btls, resume, tls_push,
+	    b)) == NULL) {
+		backend_unavailable(c, "cannot make a TLS session");
+		return;
+	}
+	c->phase = CONN_BACKEND_TLS;
+	if (tlsio_handshake(b->tls) == TLSIO_FAIL) {
+		backend_unavailable(c, tlsio_strerror(b->tls));
+		return;
+	}
+	update_reading(c);
+}
+
+/* A backend line during our STARTTLS dialogue with it. */
+static void
+backend_dialogue(struct conn *c, struct side *b, const char *data, size_t len)
+{
+	struct proto_out *out = &c->w->out;
+	const char *eol;
+	size_t n;
+
+	if (b->lblen + len > BSTLS_MAX_LINE * 2 ||
+	    lb_append_cap(b, data, len, BSTLS_MAX_LINE * 2) < 0) {
+		backend_unavailable(c, "backend line too long");
+		return;
+	}
+	while (b->lblen > 0) {
+		if ((eol = memchr(b->lb, '\n', b->lblen)) == NULL) {
+			if (b->lblen >= BSTLS_MAX_LINE)
+				backend_unavailable(c, "backend line too long");
+			return;
+		}
+		n = (size_t)(eol - b->lb) + 1;
+		switch (bstls_line(b->bst, b->lb, n, out)) {
+		case BSTLS_MORE:
+			break;
+		case BSTLS_SEND:
+			if (raw_write(b, out->buf, out->len) < 0) {
+				backend_unavailable(c, "write failed");
+				return;
+			}
+			break;
+		case BSTLS_FAIL:
+			backend_unavailable(c, bstls_error(b->bst));
+			return;
+		case BSTLS_TLS:
+			/*
+			 * Response injection: nothing may follow the
+			 * go-ahead before our ClientHello.
+			 */
+			if (b->lblen > n) {
+				backend_unavailable(c, "data after the STARTTLS "
+				    "go-ahead (response injection)");
+				return;
+			}
+			lb_free(b);
+			backend_start_tls(c, b);
+			return;
+		}
+		lb_consume(b, n);
+	}
+}
+
 static void
 connect_cb(uv_connect_t *req, int status)
 {
 	struct side *b = req->data;
 	struct conn *c = b->c;
-	struct wreq *w, *nw;
 
 	if (b->detached || c->phase == CONN_CLOSING)
 		return;
@@ -1073,29 +1260,23 @@ connect_cb(uv_connect_t *req, int status)
 		return;
 	}
 	b->connected = 1;
-	c->conn_deadline = 0;
-	/* What was queued while connecting goes first, in order. */
-	w = b->pend_head;
-	b->pend_head = b->pend_tail = NULL;
-	for (; w != NULL; w = nw) {
-		nw = w->next;
-		if (submit(b, w) < 0) {
-			for (w = nw; w != NULL; w = nw) {
-				nw = w->next;
-				b->queued -= w->len;
-				free(w);
-			}
-			backend_unavailable(c, "write failed");
+	switch (c->lc->backend_tls) {
+	case CONFIG_TLS_NONE:
+		backend_ready(c, b);
+		break;
+	case CONFIG_TLS_IMPLICIT:
+		backend_start_tls(c, b);
+		break;
+	case CONFIG_TLS_STARTTLS:
+		if ((b->bst = malloc(sizeof(*b->bst))) == NULL) {
+			backend_unavailable(c, "out of memory");
 			return;
 		}
+		bstls_init(b->bst, c->lc->protocol, c->lc->hostname);
+		c->phase = CONN_BACKEND_STARTTLS;
+		update_reading(c);
+		break;
 	}
-	c->phase = CONN_RELAY;
-	c->last_active = now_ms(c);
-	arm_timer(c);
-	update_reading(c);
-	/* Client bytes that arrived with the handshake can go now. */
-	if (c->parsing && c->client.lblen > 0)
-		process(c, &c->client);
 }
 
 static void
@@ -1186,6 +1367,7 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	c->client.c = c;
 	c->client.is_client = 1;
 	c->client.connected = 1;
+	c->client.ready = 1;
 	c->t_start = c->last_active = uv_now(&w->loop);
 	format_peer(peer, c->peer, sizeof(c->peer));
 	if ((c->ops = l->proto) != NULL) {

@@ -11,6 +11,57 @@
 #include "listener.h"
 #include "log.h"
 
+/*
+ * Toward the backend: the CA to verify it against (the system's trust
+ * store unless backend_ca is given) and the name it must have.
+ */
+static int
+backend_setup(struct listener *l, const struct config_listener *conf,
+    const char *cfgpath, FILE *errf)
+{
+	const char *errpos = NULL;
+	int rc;
+
+	rc = gnutls_priority_init2(&l->btls.prio, conf->tls_priority, &errpos,
+	    GNUTLS_PRIORITY_INIT_DEF_APPEND);
+	if (rc < 0) {
+		fprintf(errf, "%s:%d: listener %s: bad tls_priority near "
+		    "\"%s\": %s\n", cfgpath, conf->line, conf->name,
+		    errpos != NULL ? errpos : "", gnutls_strerror(rc));
+		return (-1);
+	}
+	if ((rc = gnutls_certificate_allocate_credentials(&l->btls.cred)) < 0)
+		goto err;
+	if (conf->backend_verify) {
+		if (conf->backend_ca != NULL)
+			rc = gnutls_certificate_set_x509_trust_file(
+			    l->btls.cred, conf->backend_ca,
+			    GNUTLS_X509_FMT_PEM);
+		else
+			rc = gnutls_certificate_set_x509_system_trust(
+			    l->btls.cred);
+		if (rc <= 0) {
+			fprintf(errf, "%s:%d: listener %s: cannot load %s: "
+			    "%s\n", cfgpath, conf->line, conf->name,
+			    conf->backend_ca != NULL ? conf->backend_ca :
+			    "the system trust store", rc < 0 ?
+			    gnutls_strerror(rc) : "no certificate in file");
+			goto err;
+		}
+	}
+	l->btls.name = conf->backend_name != NULL ? conf->backend_name :
+	    conf->backend.host;
+	l->btls.verify = conf->backend_verify;
+	l->backend_tls = 1;
+	return (0);
+err:
+	if (l->btls.cred != NULL)
+		gnutls_certificate_free_credentials(l->btls.cred);
+	gnutls_priority_deinit(l->btls.prio);
+	memset(&l->btls, 0, sizeof(l->btls));
+	return (-1);
+}
+
 /**
  * listener_setup(l, conf, cfgpath, ticket_key, errf):
  * Prepare ${l} for ${conf}: credentials, priority, ALPN.  Problems are written
@@ -29,6 +80,9 @@ listener_setup(struct listener *l, const struct config_listener *conf,
 	l->conf = conf;
 	l->proto = proto_find(conf->protocol);
 	atomic_init(&l->nconns, 0);
+	if (conf->backend_tls != CONFIG_TLS_NONE &&
+	    backend_setup(l, conf, cfgpath, errf) < 0)
+		return (-1);
 	if (conf->client_tls == CONFIG_TLS_NONE)
 		return (0);
 
@@ -79,6 +133,12 @@ listener_teardown(struct listener *l)
 		gnutls_priority_deinit(l->tls.prio);
 	certs_slot_free(l->tls.slot);
 	memset(&l->tls, 0, sizeof(l->tls));
+	if (l->backend_tls) {
+		gnutls_certificate_free_credentials(l->btls.cred);
+		gnutls_priority_deinit(l->btls.prio);
+		memset(&l->btls, 0, sizeof(l->btls));
+		l->backend_tls = 0;
+	}
 }
 
 static int

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "listener.h"
 #include "log.h"
+#include "reloader.h"
 #include "worker.h"
 
 #define EXIT_CONFIG	1
@@ -32,6 +33,7 @@ struct mainctx {
 	uv_loop_t	 *loop;
 	uv_signal_t	  sigterm, sigint, sighup;
 	uv_async_t	  done_async;
+	struct reloader	 *reloader;
 	int		  stopping;
 	gnutls_datum_t	  ticket_key;
 };
@@ -92,10 +94,12 @@ setup_listeners(struct mainctx *m, FILE *errf)
 
 	if ((m->ls = calloc(m->cfg->nlisteners, sizeof(*m->ls))) == NULL)
 		return (-1);
-	for (i = 0; i < m->cfg->nlisteners; i++)
+	for (i = 0; i < m->cfg->nlisteners; i++) {
 		if (listener_setup(&m->ls[i], &m->cfg->listeners[i],
 		    m->cfg->path, &m->ticket_key, errf) < 0)
 			bad = 1;
+		m->ls[i].index = i;
+	}
 	return (bad ? -1 : 0);
 }
 
@@ -145,42 +149,6 @@ drop_privileges(const char *user)
 	return (0);
 }
 
-/* SIGHUP: load every listener's credentials again; keep the old on error. */
-static void
-reload(struct mainctx *m)
-{
-	char *msg = NULL;
-	size_t msglen = 0, i;
-	FILE *errf;
-	struct certs *c;
-
-	for (i = 0; i < m->cfg->nlisteners; i++) {
-		const struct config_listener *lc = &m->cfg->listeners[i];
-
-		if (!m->ls[i].client_tls)
-			continue;
-		if ((errf = open_memstream(&msg, &msglen)) == NULL)
-			continue;
-		c = certs_load(lc, m->cfg->path, errf);
-		fclose(errf);
-		if (c == NULL) {
-			log_fields(CONFIG_LOG_ERROR, "reload",
-			    (struct log_field[]){
-			    LOG_STR("listener", lc->name),
-			    LOG_STR("result", "failed"),
-			    LOG_STR("error", msg) }, 3);
-		} else {
-			certs_slot_set(m->ls[i].tls.slot, c);
-			log_fields(CONFIG_LOG_INFO, "reload",
-			    (struct log_field[]){
-			    LOG_STR("listener", lc->name),
-			    LOG_STR("result", "ok") }, 2);
-		}
-		free(msg);
-		msg = NULL;
-	}
-}
-
 static void
 close_cb(uv_handle_t *h)
 {
@@ -209,6 +177,8 @@ all_done_check(uv_async_t *as)
 	uv_close((uv_handle_t *)&m->sigint, close_cb);
 	uv_close((uv_handle_t *)&m->sighup, close_cb);
 	uv_close((uv_handle_t *)&m->done_async, close_cb);
+	reloader_free(m->reloader);
+	m->reloader = NULL;
 }
 
 static void
@@ -219,7 +189,8 @@ signal_cb(uv_signal_t *s, int signum)
 
 	if (signum == SIGHUP) {
 		log_info("reload", "SIGHUP: reloading certificates");
-		reload(m);
+		if (m->reloader != NULL)
+			reloader_reload(m->reloader, "SIGHUP");
 		return;
 	}
 	if (m->stopping)
@@ -230,6 +201,9 @@ signal_cb(uv_signal_t *s, int signum)
 	    "SIGINT", (unsigned long long)m->cfg->shutdown_timeout_ms);
 	for (i = 0; i < m->nws; i++)
 		worker_stop(m->ws[i]);
+	/* Its handles must close for the main loop to end. */
+	reloader_free(m->reloader);
+	m->reloader = NULL;
 }
 
 static int
@@ -290,6 +264,11 @@ run(struct mainctx *m)
 			log_err("start", "cannot start worker %u", i);
 			exit(EXIT_STARTUP);
 		}
+	if ((m->reloader = reloader_new(m->loop, cfg, m->ls,
+	    cfg->nlisteners)) == NULL) {
+		log_err("start", "cannot start the certificate reloader");
+		exit(EXIT_STARTUP);
+	}
 	for (j = 0; j < cfg->nlisteners; j++) {
 		const struct config_listener *l = &cfg->listeners[j];
 

@@ -1,3 +1,4 @@
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@ struct tlsio {
 	size_t			 inlen;
 	int			 err;		/* last GnuTLS error */
 	int			 bye_sent;
+	char			 msg[256];	/* tlsio_strerror's text */
 	char			 sni[256];
 };
 
@@ -74,6 +76,15 @@ vec_push_fn(gnutls_transport_ptr_t p, const giovec_t *iov, int iovcnt)
 		total += (ssize_t)iov[i].iov_len;
 	}
 	return (total);
+}
+
+static int
+is_ip_literal(const char *name)
+{
+	unsigned char buf[16];
+
+	return (inet_pton(AF_INET, name, buf) == 1 ||
+	    inet_pton(AF_INET6, name, buf) == 1);
 }
 
 static struct tlsio *
@@ -159,8 +170,9 @@ tlsio_client_new(const struct tlsio_client_ctx *ctx,
 	    gnutls_credentials_set(t->s, GNUTLS_CRD_CERTIFICATE,
 	    ctx->cred) < 0)
 		goto err1;
+	/* RFC 6066 3: no IP literals in SNI; the name check still applies. */
 	if (ctx->name != NULL && ctx->name[0] != '\0' &&
-	    gnutls_server_name_set(t->s, GNUTLS_NAME_DNS, ctx->name,
+	    !is_ip_literal(ctx->name) && gnutls_server_name_set(t->s, GNUTLS_NAME_DNS, ctx->name,
 	    strlen(ctx->name)) < 0)
 		goto err1;
 	if (ctx->verify)
@@ -217,7 +229,8 @@ tlsio_handshake(struct tlsio *t)
 
 	do
 		rc = gnutls_handshake(t->s);
-	while (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN);
+	while (rc < 0 && !gnutls_error_is_fatal(rc) &&
+	    (rc != GNUTLS_E_AGAIN || t->inlen > 0));
 	if (rc == GNUTLS_E_SUCCESS)
 		return (0);
 	if (rc == GNUTLS_E_AGAIN)
@@ -246,9 +259,14 @@ tlsio_recv(struct tlsio *t, void *buf, size_t len)
 		n = gnutls_record_recv(t->s, buf, len);
 		if (n >= 0)
 			return (n);
-		if (n == GNUTLS_E_AGAIN)
+		/*
+		 * GnuTLS says "again" also after a post-handshake message
+		 * (a TLS 1.3 NewSessionTicket) with fed bytes still unread:
+		 * only an empty feed means there is nothing more.
+		 */
+		if (n == GNUTLS_E_AGAIN && t->inlen == 0)
 			return (TLSIO_AGAIN);
-		if (n == GNUTLS_E_INTERRUPTED)
+		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
 			continue;
 		if (n == GNUTLS_E_REHANDSHAKE) {
 			/* Client-initiated renegotiation is refused. */
@@ -309,9 +327,27 @@ const char *
 tlsio_strerror(const struct tlsio *t)
 {
 
+	struct tlsio *m = (struct tlsio *)(uintptr_t)t;
+	gnutls_datum_t why;
+	unsigned int status;
+
 	if (t->err == GNUTLS_E_FATAL_ALERT_RECEIVED ||
-	    t->err == GNUTLS_E_WARNING_ALERT_RECEIVED)
-		return (gnutls_alert_get_name(gnutls_alert_get(t->s)));
+	    t->err == GNUTLS_E_WARNING_ALERT_RECEIVED) {
+		snprintf(m->msg, sizeof(m->msg), "alert received: %s",
+		    gnutls_alert_get_name(gnutls_alert_get(t->s)));
+		return (m->msg);
+	}
+	if (t->err == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
+		status = gnutls_session_get_verify_cert_status(t->s);
+		if (gnutls_certificate_verification_status_print(status,
+		    GNUTLS_CRT_X509, &why, 0) >= 0) {
+			snprintf(m->msg, sizeof(m->msg), "certificate "
+			    "verification failed: %.*s", (int)why.size,
+			    (const char *)why.data);
+			gnutls_free(why.data);
+			return (m->msg);
+		}
+	}
 	return (t->err != 0 ? gnutls_strerror(t->err) : "");
 }
 
@@ -427,5 +463,13 @@ int
 tlsio_session_data(const struct tlsio *t, gnutls_datum_t *out)
 {
 
+	/*
+	 * Under TLS 1.3 only a ticket makes a session resumable, and without
+	 * one gnutls_session_get_data2 would try to read it from the peer,
+	 * eating application data: ask only once a ticket has come.
+	 */
+	if (gnutls_protocol_get_version(t->s) == GNUTLS_TLS1_3 &&
+	    !(gnutls_session_get_flags(t->s) & GNUTLS_SFLAGS_SESSION_TICKET))
+		return (-1);
 	return (gnutls_session_get_data2(t->s, out) < 0 ? -1 : 0);
 }

@@ -142,6 +142,8 @@ worker_new(int id, const struct config *cfg, struct listener *ls, size_t nls,
 		return (NULL);
 	if ((w->acc = calloc(nls, sizeof(*w->acc))) == NULL)
 		goto err1;
+	if ((w->bsess = calloc(nls, sizeof(*w->bsess))) == NULL)
+		goto err2;
 	if (uv_loop_init(&w->loop) < 0)
 		goto err2;
 	w->id = id;
@@ -173,6 +175,7 @@ err3:
 	/* A loop with handles cannot be closed; this is start-up: exit. */
 	return (NULL);
 err2:
+	free(w->bsess);
 	free(w->acc);
 err1:
 	free(w);
@@ -254,6 +257,34 @@ stop_cb(uv_async_t *as)
 }
 
 /**
+ * worker_session(w, l):
+ * The backend TLS session last saved for listener ${l} on ${w}, or NULL.
+ */
+const gnutls_datum_t *
+worker_session(struct worker *w, const struct listener *l)
+{
+
+	return (w->bsess[l->index].size > 0 ? &w->bsess[l->index] : NULL);
+}
+
+/**
+ * worker_save_session(w, l, t):
+ * Keep ${t}'s session data so that the next backend connection of ${l} on
+ * ${w} can resume it.
+ */
+void
+worker_save_session(struct worker *w, const struct listener *l,
+    const struct tlsio *t)
+{
+	gnutls_datum_t d;
+
+	if (tlsio_session_data(t, &d) < 0)
+		return;
+	gnutls_free(w->bsess[l->index].data);
+	w->bsess[l->index] = d;
+}
+
+/**
  * worker_conn_gone(w, l):
  * Called by conn.c when a connection of listener ${l} is freed.
  */
@@ -313,9 +344,13 @@ worker_stop(struct worker *w)
 void
 worker_join(struct worker *w)
 {
+	size_t i;
 
 	uv_thread_join(&w->thread);
 	(void)uv_loop_close(&w->loop);
+	for (i = 0; i < w->nacc; i++)
+		gnutls_free(w->bsess[i].data);
+	free(w->bsess);
 	free(w->acc);
 	free(w);
 }
