@@ -126,6 +126,12 @@ int tlsio_resumed(const struct tlsio *);
 void tlsio_peer_subject(const struct tlsio *, char *, size_t);
 
 /**
+ * tlsio_peer_cn(t, buf, len):
+ * Write the peer certificate's common name into ${buf} ("" if none).
+ */
+void tlsio_peer_cn(const struct tlsio *, char *, size_t);
+
+/**
  * tlsio_session_data(t, out):
  * Export the session for resumption into ${out} (free with gnutls_free).
  * Return 0 or -1.

@@ -16,6 +16,7 @@
 #include "tlsio.h"
 
 struct conn;
+struct metrics;
 
 /* Bytes read from a socket in one go; also the per-worker scratch size. */
 #define WORKER_READ_CHUNK	(64 * 1024)
@@ -36,6 +37,7 @@ struct worker {
 	char			 rbuf[WORKER_READ_CHUNK];
 	char			 pbuf[WORKER_READ_CHUNK];
 	struct proto_out	 out;		/* a handler's verdict text */
+	struct metrics		*metrics;	/* shared; NULL: none */
 	gnutls_datum_t		*bsess;		/* per listener: a backend TLS
 						   session to resume */
 	/* private to worker.c */

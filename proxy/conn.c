@@ -15,7 +15,9 @@
 #include "bstarttls.h"
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
+#include "proxyproto.h"
 #include "tlsio.h"
 
 /*
@@ -70,6 +72,7 @@ struct side {
 };
 
 enum conn_phase {
+	CONN_PROXY_HDR,		/* reading a trusted peer's PROXY header */
 	CONN_HANDSHAKE,		/* implicit TLS: handshake with the client */
 	CONN_CONNECTING,	/* waiting for the backend connection */
 	CONN_BACKEND_STARTTLS,	/* our STARTTLS dialogue with the backend */
@@ -82,7 +85,7 @@ enum conn_phase {
 };
 
 static const char *const phase_names[] = {
-	"handshake", "connecting", "backend_starttls", "backend_tls", "relay", "starttls", "starttls_handshake",
+	"proxy_header", "handshake", "connecting", "backend_starttls", "backend_tls", "relay", "starttls", "starttls_handshake",
 	"closing",
 };
 
@@ -119,10 +122,13 @@ struct conn {
 	const char		*reason;
 	char			 detail[192];
 	char			 peer[INET6_ADDRSTRLEN + 8];
+	struct sockaddr_storage	 peer_ss;	/* the client, from PROXY if any */
+	struct sockaddr_storage	 local_ss;	/* where it connected to */
 	char			 sni[256];
 	char			 version[16];
 	char			 cipher[48];
 	char			 subject[256];
+	char			 cn[128];
 };
 
 static void	side_read_start(struct side *);
@@ -133,12 +139,22 @@ static void	maybe_close(struct conn *);
 static void	process(struct conn *, struct side *);
 static void	backend_connect(struct conn *);
 static void	on_client_plain(struct conn *, const char *, size_t);
+static void	proxy_header(struct conn *, const char *, size_t);
+static void	relay_read(struct conn *, struct side *, char *, size_t);
+static void	format_peer(const struct sockaddr *, char *, size_t);
 static void	on_backend_plain(struct conn *, struct side *, const char *,
 		    size_t);
 static void	backend_unavailable(struct conn *, const char *);
 static void	backend_ready(struct conn *, struct side *);
 static void	backend_dialogue(struct conn *, struct side *, const char *,
 		    size_t);
+
+static void
+count(const struct conn *c, enum metric m, int64_t n)
+{
+
+	metrics_add(c->w->metrics, (size_t)c->w->id, c->l->index, m, n);
+}
 
 static uint64_t
 now_ms(const struct conn *c)
@@ -325,6 +341,7 @@ update_reading(struct conn *c)
 	if (c->phase == CONN_CLOSING)
 		return;
 	switch (c->phase) {
+	case CONN_PROXY_HDR:
 	case CONN_HANDSHAKE:
 	case CONN_STARTTLS_FLUSH:
 	case CONN_STARTTLS_HS:
@@ -497,6 +514,7 @@ conn_free(struct conn *c)
 
 	if (listed) {
 		log_close(c);
+		count(c, METRIC_CONN_ACTIVE, -1);
 		if (c->prev != NULL)
 			c->prev->next = c->next;
 		else
@@ -608,6 +626,8 @@ backend_unavailable(struct conn *c, const char *why)
 	    LOG_STR("backend", c->lc->backend.text), LOG_STR("error", why) },
 	    4);
 	snprintf(c->detail, sizeof(c->detail), "%s", why);
+	count(c, c->phase == CONN_CONNECTING ? METRIC_BACKEND_CONNECT_ERR :
+	    METRIC_BACKEND_TLS_ERR, 1);
 	backend_drop(c);
 	n = proto_unavailable(c->lc->protocol, c->lc->hostname, buf,
 	    sizeof(buf));
@@ -640,6 +660,7 @@ timer_cb(uv_timer_t *t)
 		break;
 	}
 	if (c->hs_deadline != 0 && now >= c->hs_deadline) {
+		count(c, METRIC_HS_FAIL_TIMEOUT, 1);
 		finish(c, "handshake_timeout");
 		return;
 	}
@@ -726,6 +747,19 @@ side_error(struct conn *c, struct side *s, int err)
 	finish(c, s->is_client ? "client_error" : "backend_error");
 }
 
+static enum metric
+hs_fail_metric(const char *reason)
+{
+
+	if (strcmp(reason, "alert") == 0)
+		return (METRIC_HS_FAIL_ALERT);
+	if (strcmp(reason, "alpn") == 0)
+		return (METRIC_HS_FAIL_ALPN);
+	if (strcmp(reason, "client_cert") == 0)
+		return (METRIC_HS_FAIL_CLIENT_CERT);
+	return (METRIC_HS_FAIL_OTHER);
+}
+
 /* TLS handshake with the client has completed. */
 static void
 client_tls_ready(struct conn *c)
@@ -734,11 +768,15 @@ client_tls_ready(struct conn *c)
 
 	c->hs_done = 1;
 	c->client_tls_up = 1;
+	count(c, METRIC_HANDSHAKES, 1);
+	if (c->starttls_used)
+		count(c, METRIC_STARTTLS, 1);
 	c->hs_deadline = 0;
 	snprintf(c->sni, sizeof(c->sni), "%s", tlsio_sni(t));
 	snprintf(c->version, sizeof(c->version), "%s", tlsio_version(t));
 	snprintf(c->cipher, sizeof(c->cipher), "%s", tlsio_cipher(t));
 	tlsio_peer_subject(t, c->subject, sizeof(c->subject));
+	tlsio_peer_cn(t, c->cn, sizeof(c->cn));
 	if (log_enabled(CONFIG_LOG_DEBUG))
 		log_fields(CONFIG_LOG_DEBUG, "handshake", (struct log_field[]){
 		    LOG_NUM("conn", c->id), LOG_STR("sni", c->sni),
@@ -792,6 +830,7 @@ client_cipher(struct conn *c, const char *data, size_t len)
 			    LOG_STR("client", c->peer),
 			    LOG_STR("reason", tlsio_fail_reason(t)),
 			    LOG_STR("error", tlsio_strerror(t)) }, 5);
+			count(c, hs_fail_metric(tlsio_fail_reason(t)), 1);
 			finish(c, "tls_handshake_failed");
 			return;
 		}
@@ -827,6 +866,7 @@ on_client_plain(struct conn *c, const char *data, size_t len)
 {
 
 	c->client.bytes += len;
+	count(c, METRIC_BYTES_IN, (int64_t)len);
 	if (!c->parsing) {
 		if (side_write(c->backend, data, len) < 0 &&
 		    c->backend != NULL && c->backend->dead)
@@ -845,6 +885,7 @@ on_backend_plain(struct conn *c, struct side *b, const char *data, size_t len)
 {
 
 	c->backend_bytes += len;
+	count(c, METRIC_BYTES_OUT, (int64_t)len);
 	if (!c->parsing) {
 		if (side_write(&c->client, data, len) < 0 && c->client.dead)
 			finish(c, "client_error");
@@ -880,31 +921,44 @@ read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		return;
 	}
 	c->last_active = now_ms(c);
+	relay_read(c, s, buf->base, (size_t)nread);
+	/* Backpressure: what was just queued may be over the mark. */
+	if (c->phase != CONN_CLOSING)
+		update_reading(c);
+}
+
+static void
+relay_read(struct conn *c, struct side *s, char *data, size_t nread)
+{
+
 	if (s->is_client) {
 		switch (c->phase) {
 		case CONN_STARTTLS_FLUSH:
 			/* Pipelined after STARTTLS: never relayed nor parsed. */
 			return;
+		case CONN_PROXY_HDR:
+			proxy_header(c, data, nread);
+			return;
 		default:
 			break;
 		}
 		if (c->client.tls != NULL)
-			client_cipher(c, buf->base, (size_t)nread);
+			client_cipher(c, data, nread);
 		else
-			on_client_plain(c, buf->base, (size_t)nread);
+			on_client_plain(c, data, nread);
 	} else {
 		ssize_t n;
 		int rc;
 
 		if (c->phase == CONN_BACKEND_STARTTLS) {
-			backend_dialogue(c, s, buf->base, (size_t)nread);
+			backend_dialogue(c, s, data, nread);
 			return;
 		}
 		if (s->tls == NULL) {
-			on_backend_plain(c, s, buf->base, (size_t)nread);
+			on_backend_plain(c, s, data, nread);
 			return;
 		}
-		tlsio_feed(s->tls, buf->base, (size_t)nread);
+		tlsio_feed(s->tls, data, nread);
 		if (c->phase == CONN_BACKEND_TLS) {
 			rc = tlsio_handshake(s->tls);
 			if (rc == TLSIO_AGAIN) {
@@ -1247,6 +1301,38 @@ backend_dialogue(struct conn *c, struct side *b, const char *data, size_t len)
 	}
 }
 
+/* Tell the backend who the client is (and, v2, how it reached us). */
+static int
+send_proxy_header(struct conn *c, struct side *b)
+{
+	unsigned char buf[PROXYPROTO_MAX];
+	struct proxyproto_tls ti, *tip = NULL;
+	const struct sockaddr *src = (const void *)&c->peer_ss;
+	const struct sockaddr *dst = (const void *)&c->local_ss;
+	ssize_t n;
+
+	if (c->lc->proxy_protocol == CONFIG_PP_V1)
+		n = proxyproto_v1(src, dst, (char *)buf, sizeof(buf));
+	else {
+		if (c->client_tls_up) {
+			memset(&ti, 0, sizeof(ti));
+			ti.client_tls = 1;
+			ti.cert_conn = c->subject[0] != '\0';
+			ti.cert_verified = c->subject[0] != '\0';
+			ti.sni = c->sni;
+			ti.alpn = tlsio_alpn(c->client.tls);
+			ti.version = c->version;
+			ti.cipher = c->cipher;
+			ti.cn = c->cn;
+			tip = &ti;
+		}
+		n = proxyproto_v2(src, dst, tip, buf, sizeof(buf));
+	}
+	if (n < 0)
+		return (-1);
+	return (raw_write(b, buf, (size_t)n));
+}
+
 static void
 connect_cb(uv_connect_t *req, int status)
 {
@@ -1260,6 +1346,12 @@ connect_cb(uv_connect_t *req, int status)
 		return;
 	}
 	b->connected = 1;
+	/* The PROXY header goes first, before any byte of ours or the client's. */
+	if (c->lc->proxy_protocol != CONFIG_PP_NONE && send_proxy_header(c,
+	    b) < 0) {
+		backend_unavailable(c, "cannot send the PROXY header");
+		return;
+	}
 	switch (c->lc->backend_tls) {
 	case CONFIG_TLS_NONE:
 		backend_ready(c, b);
@@ -1325,6 +1417,96 @@ backend_connect(struct conn *c)
 	update_reading(c);
 }
 
+static int
+trusted_proxy(const struct config_listener *lc, const struct sockaddr *peer)
+{
+	size_t i;
+
+	for (i = 0; i < lc->naccept_proxy; i++)
+		if (config_cidr_match(&lc->accept_proxy[i], peer))
+			return (1);
+	return (0);
+}
+
+/*
+ * The session proper starts: after accept, or after a trusted PROXY header,
+ * with the ${len} bytes that followed it.
+ */
+static void
+start_session(struct conn *c, const char *rest, size_t len)
+{
+	const struct config_listener *lc = c->lc;
+
+	switch (lc->client_tls) {
+	case CONFIG_TLS_IMPLICIT:
+		if ((c->client.tls = tlsio_server_new(&c->l->tls, tls_push,
+		    &c->client)) == NULL) {
+			finish(c, "no_memory");
+			return;
+		}
+		c->phase = CONN_HANDSHAKE;
+		if (c->hs_deadline == 0)
+			c->hs_deadline = c->t_start + lc->handshake_timeout_ms;
+		arm_timer(c);
+		update_reading(c);
+		if (len > 0)
+			client_cipher(c, rest, len);
+		break;
+	case CONFIG_TLS_STARTTLS:
+	case CONFIG_TLS_NONE:
+		/*
+		 * With require_tls nothing useful happens before TLS, so the
+		 * handshake deadline also bounds the plaintext phase.
+		 * Without it a client may stay in plaintext: idle_timeout.
+		 */
+		c->hs_deadline = 0;
+		if (lc->client_tls == CONFIG_TLS_STARTTLS && lc->require_tls)
+			c->hs_deadline = c->t_start + lc->handshake_timeout_ms;
+		backend_connect(c);
+		if (len > 0 && c->phase != CONN_CLOSING)
+			on_client_plain(c, rest, len);
+		break;
+	}
+}
+
+/* Bytes from a trusted peer that must start with a PROXY header. */
+static void
+proxy_header(struct conn *c, const char *data, size_t len)
+{
+	struct proxyproto_hdr h;
+	const char *why = NULL;
+	size_t used = 0;
+	int rc;
+
+	if (lb_append_cap(&c->client, data, len, PROXYPROTO_MAX +
+	    WORKER_READ_CHUNK) < 0) {
+		finish(c, "proxy_header");
+		return;
+	}
+	rc = proxyproto_parse((const unsigned char *)c->client.lb,
+	    c->client.lblen, &h, &used, &why);
+	if (rc == 0)
+		return;
+	if (rc < 0) {
+		snprintf(c->detail, sizeof(c->detail), "bad PROXY header from "
+		    "%s: %s", c->peer, why != NULL ? why : "malformed");
+		finish(c, "proxy_header");
+		return;
+	}
+	if (!h.local) {
+		memcpy(&c->peer_ss, &h.src, sizeof(c->peer_ss));
+		memcpy(&c->local_ss, &h.dst, sizeof(c->local_ss));
+		format_peer((const struct sockaddr *)&c->peer_ss, c->peer,
+		    sizeof(c->peer));
+	}
+	/* The rest is the client's own: hand it on, from a copy. */
+	len = c->client.lblen - used;
+	if (len > 0)
+		memcpy(c->w->rbuf, c->client.lb + used, len);
+	lb_free(&c->client);
+	start_session(c, c->w->rbuf, len);
+}
+
 static void
 format_peer(const struct sockaddr *sa, char *buf, size_t len)
 {
@@ -1356,8 +1538,8 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	const struct config_listener *lc = l->conf;
 	struct conn *c;
 	struct proto_opts po;
+	int sslen;
 
-	(void)peerlen;
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		goto err0;
 	c->w = w;
@@ -1405,34 +1587,25 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	w->conns = c;
 	c->listed = 1;
 	w->nconns++;
+	count(c, METRIC_CONN_TOTAL, 1);
+	count(c, METRIC_CONN_ACTIVE, 1);
 	atomic_fetch_add(&l->nconns, 1);
 
-	switch (lc->client_tls) {
-	case CONFIG_TLS_IMPLICIT:
-		if ((c->client.tls = tlsio_server_new(&l->tls, tls_push,
-		    &c->client)) == NULL) {
-			finish(c, "no_memory");
-			return (0);
-		}
-		c->phase = CONN_HANDSHAKE;
+	memcpy(&c->peer_ss, peer, peerlen < sizeof(c->peer_ss) ? peerlen :
+	    sizeof(c->peer_ss));
+	sslen = sizeof(c->local_ss);
+	if (uv_tcp_getsockname(&c->client.u.tcp, (struct sockaddr *)&c->local_ss,
+	    &sslen) < 0)
+		memset(&c->local_ss, 0, sizeof(c->local_ss));
+	if (trusted_proxy(lc, peer)) {
+		/* A load balancer in front: its header says who the client is. */
+		c->phase = CONN_PROXY_HDR;
 		c->hs_deadline = c->t_start + lc->handshake_timeout_ms;
 		arm_timer(c);
 		update_reading(c);
-		break;
-	case CONFIG_TLS_STARTTLS:
-		/*
-		 * With require_tls nothing useful happens before TLS, so the
-		 * handshake deadline also bounds the plaintext phase.
-		 * Without it a client may stay in plaintext: idle_timeout.
-		 */
-		if (lc->require_tls)
-			c->hs_deadline = c->t_start + lc->handshake_timeout_ms;
-		backend_connect(c);
-		break;
-	case CONFIG_TLS_NONE:
-		backend_connect(c);
-		break;
+		return (0);
 	}
+	start_session(c, NULL, 0);
 	return (0);
 
 err3:

@@ -455,6 +455,30 @@ tlsio_peer_subject(const struct tlsio *t, char *buf, size_t len)
 }
 
 /**
+ * tlsio_peer_cn(t, buf, len):
+ * Write the peer certificate's common name into ${buf} ("" if none).
+ */
+void
+tlsio_peer_cn(const struct tlsio *t, char *buf, size_t len)
+{
+	const gnutls_datum_t *certs;
+	unsigned int n = 0;
+	gnutls_x509_crt_t crt;
+	size_t sz = len;
+
+	buf[0] = '\0';
+	if ((certs = gnutls_certificate_get_peers(t->s, &n)) == NULL || n == 0)
+		return;
+	if (gnutls_x509_crt_init(&crt) < 0)
+		return;
+	if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) < 0 ||
+	    gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0,
+	    0, buf, &sz) < 0)
+		buf[0] = '\0';
+	gnutls_x509_crt_deinit(crt);
+}
+
+/**
  * tlsio_session_data(t, out):
  * Export the session for resumption into ${out} (free with gnutls_free).
  * Return 0 or -1.
