@@ -1,0 +1,603 @@
+/*
+ * proto_smtp: the SMTP handler (RFC 5321, STARTTLS RFC 3207, PIPELINING
+ * RFC 2920, CHUNKING RFC 3030, AUTH RFC 4954).  No I/O.
+ *
+ * The handler keeps one framing model for both directions (SECURITY-NOTES
+ * point 2): a queue of the commands forwarded to the backend whose replies
+ * are still owed, so that it knows which reply is the EHLO reply, when DATA
+ * content starts (354) and ends ("."), which bytes are a BDAT chunk, and
+ * which client lines are SASL responses (334).  A client line whose meaning
+ * depends on a reply not yet received (the line after DATA or AUTH) is held
+ * until that reply has been relayed.
+ *
+ * Line limits: conn enforces max_line (64 KiB, CRLF included) on every line,
+ * so that message content with long lines still passes after TLS.  Before
+ * TLS on a STARTTLS listener the handler itself closes the connection on a
+ * command line over 512 octets (RFC 5321 4.5.3.1.4) when require_tls is set,
+ * over 2048 (Postfix's line_length_limit, room for DSN parameters) when it
+ * is not, and on a SASL response over 12288 octets (RFC 4954 4).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "proto.h"
+
+#define SMTP_MAX_LINE		65536	/* conn's limit; DATA content */
+#define SMTP_CMD_MAX		512	/* before TLS, require_tls = yes */
+#define SMTP_CMD_MAX_OPEN	2048	/* before TLS, require_tls = no */
+#define SMTP_SASL_MAX		12288	/* RFC 4954 4 */
+#define SMTP_HELD_MAX		1024	/* one EHLO reply line (RFC: 512) */
+#define SMTP_QMAX		64	/* commands awaiting a reply */
+#define SMTP_BDAT_MAX		((uint64_t)1 << 62)
+
+enum smtp_state {
+	SMTP_COMMAND,		/* the next client line is a command */
+	SMTP_WAIT,		/* DATA or AUTH forwarded: hold client lines
+				   until its reply says what they are */
+	SMTP_CONTENT,		/* after 354: message content up to "." */
+	SMTP_SASL,		/* after 334: the next line is a SASL response */
+	SMTP_STARTTLS,		/* 220 sent for STARTTLS, handshake pending */
+	SMTP_DEAD,		/* close on anything */
+};
+
+/* What a forwarded command is, for reading its reply. */
+enum smtp_cmd {
+	SMTP_C_GREETING,
+	SMTP_C_EHLO,
+	SMTP_C_HELO,
+	SMTP_C_MAIL,
+	SMTP_C_RCPT,
+	SMTP_C_DATA,
+	SMTP_C_DOT,		/* the "." that ends DATA content */
+	SMTP_C_BDAT,
+	SMTP_C_BDAT_LAST,
+	SMTP_C_AUTH,		/* AUTH, and each SASL response */
+	SMTP_C_RSET,
+	SMTP_C_QUIT,
+	SMTP_C_STARTTLS,
+	SMTP_C_NOOP,
+	SMTP_C_OTHER,
+};
+
+#define SMTP_F_PRETLS	0x01	/* allowed before TLS when require_tls */
+
+static const struct {
+	const char	*name;
+	enum smtp_cmd	 cmd;
+	int		 flags;
+} commands[] = {
+	{ "EHLO",	SMTP_C_EHLO,		SMTP_F_PRETLS },
+	{ "HELO",	SMTP_C_HELO,		SMTP_F_PRETLS },
+	{ "STARTTLS",	SMTP_C_STARTTLS,	SMTP_F_PRETLS },
+	{ "NOOP",	SMTP_C_NOOP,		SMTP_F_PRETLS },
+	{ "RSET",	SMTP_C_RSET,		SMTP_F_PRETLS },
+	{ "QUIT",	SMTP_C_QUIT,		SMTP_F_PRETLS },
+	{ "MAIL",	SMTP_C_MAIL,		0 },
+	{ "RCPT",	SMTP_C_RCPT,		0 },
+	{ "DATA",	SMTP_C_DATA,		0 },
+	{ "BDAT",	SMTP_C_BDAT,		0 },
+	{ "AUTH",	SMTP_C_AUTH,		0 },
+};
+
+struct smtp {
+	int		 starttls;	/* client_tls = starttls */
+	int		 client_on_tls;	/* implicit listener */
+	int		 require_tls;
+	const char	*hostname;
+
+	enum smtp_state	 state;
+	int		 tls;		/* STARTTLS done on this session */
+	int		 authed;	/* 235 seen */
+	int		 in_mail;	/* MAIL accepted, transaction open */
+	int		 swallow;	/* drop the fresh backend's greeting */
+	uint64_t	 bdat;		/* BDAT chunk bytes still to pass */
+
+	unsigned char	 q[SMTP_QMAX];	/* enum smtp_cmd, oldest first */
+	unsigned	 qhead;
+	unsigned	 qlen;
+
+	unsigned	 rlines;	/* lines of the current reply so far */
+	int		 ehlo;		/* current reply is a 250 EHLO reply */
+	size_t		 heldlen;	/* EHLO line kept back, see ehlo_line */
+	char		 held[SMTP_HELD_MAX];
+};
+
+static const char *const R_READY = "220 2.0.0 Ready to start TLS\r\n";
+static const char *const R_MUSTTLS =
+    "530 5.7.0 Must issue a STARTTLS command first\r\n";
+static const char *const R_TLSACTIVE =
+    "503 5.5.1 Error: TLS already active\r\n";
+static const char *const R_INMAIL =
+    "503 5.5.1 Error: MAIL transaction in progress\r\n";
+static const char *const R_AUTHED =
+    "503 5.5.1 Error: already authenticated\r\n";
+static const char *const R_NOTLS =
+    "502 5.5.1 Error: command not implemented\r\n";
+static const char *const R_TLSARG = "501 5.5.4 Syntax: STARTTLS\r\n";
+static const char *const R_BDATARG = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
+static const char *const R_LONG = "500 5.5.2 Error: line too long\r\n";
+static const char *const R_BARELF =
+    "500 5.5.2 Error: bare <LF> in an overlong line\r\n";
+
+/* The plaintext phase of a STARTTLS listener. */
+static int
+pretls(const struct smtp *s)
+{
+
+	return (s->starttls && !s->tls);
+}
+
+/* Is the client on TLS now? */
+static int
+ontls(const struct smtp *s)
+{
+
+	return (s->tls || s->client_on_tls);
+}
+
+static int
+push(struct smtp *s, enum smtp_cmd c)
+{
+
+	if (s->qlen == SMTP_QMAX)
+		return (-1);
+	s->q[(s->qhead + s->qlen) % SMTP_QMAX] = (unsigned char)c;
+	s->qlen++;
+	return (0);
+}
+
+static enum proto_verdict
+reply(struct proto_out *out, const char *r, enum proto_verdict v)
+{
+
+	out->len = 0;
+	(void)proto_out_add(out, r, strlen(r));
+	return (v);
+}
+
+static void
+smtp_init(void *st, const struct proto_opts *o)
+{
+	struct smtp *s = st;
+
+	memset(s, 0, sizeof(*s));
+	s->starttls = o->starttls;
+	s->client_on_tls = o->client_on_tls;
+	s->require_tls = o->require_tls;
+	s->hostname = o->hostname;
+	s->state = SMTP_COMMAND;
+
+	/* The greeting is the first reply the backend owes. */
+	(void)push(s, SMTP_C_GREETING);
+}
+
+static size_t
+smtp_raw(void *st, enum proto_side side, size_t avail)
+{
+	struct smtp *s = st;
+	size_t n;
+
+	if (side != PROTO_CLIENT || s->state != SMTP_COMMAND || s->bdat == 0)
+		return (0);
+	n = avail < s->bdat ? avail : (size_t)s->bdat;
+	s->bdat -= n;
+	return (n);
+}
+
+/*
+ * Parse the argument of BDAT strictly: 1*DIGIT [SP "LAST"] (RFC 3030 2).
+ * Anything else is refused locally, so that the proxy and the backend never
+ * disagree on which bytes are a chunk.
+ */
+static int
+parse_bdat(const char *a, size_t n, uint64_t *size, int *last)
+{
+	size_t i = 0;
+	uint64_t v = 0;
+
+	if (n == 0 || a[0] < '0' || a[0] > '9')
+		return (-1);
+	for (; i < n && a[i] >= '0' && a[i] <= '9'; i++) {
+		v = v * 10 + (uint64_t)(a[i] - '0');
+		if (v > SMTP_BDAT_MAX || i >= 18)
+			return (-1);
+	}
+	*last = 0;
+	if (i < n) {
+		if (a[i] != ' ' || !proto_word_eq(a + i + 1, n - i - 1, "LAST"))
+			return (-1);
+		*last = 1;
+	}
+	*size = v;
+	return (0);
+}
+
+/* DATA content, up to and including the "." line (RFC 5321 4.1.1.4). */
+static enum proto_verdict
+smtp_content(struct smtp *s, const char *line, size_t len,
+    struct proto_out *out)
+{
+	size_t n = proto_chomp(line, len);
+	int barelf = (n == len - 1);
+
+	if (n == 1 && line[0] == '.') {
+		if (push(s, SMTP_C_DOT) == -1)
+			return (PROTO_HOLD);
+		s->state = SMTP_COMMAND;
+	}
+	if (!barelf)
+		return (PROTO_FORWARD);
+
+	/*
+	 * A line ending in a bare LF is passed on with CRLF, so that a backend
+	 * that only honours <CRLF>.<CRLF> and the proxy, which takes LF as a
+	 * line end, agree on where the message ends (SMTP smuggling,
+	 * CVE-2023-51764).
+	 */
+	out->len = 0;
+	if (proto_out_add(out, line, n) == -1 ||
+	    proto_out_add(out, "\r\n", 2) == -1) {
+		s->state = SMTP_DEAD;
+		return (reply(out, R_BARELF, PROTO_CLOSE));
+	}
+	return (PROTO_REWRITE);
+}
+
+static enum proto_verdict
+smtp_command(struct smtp *s, const char *line, size_t len,
+    struct proto_out *out)
+{
+	size_t n = proto_chomp(line, len);
+	size_t vlen, i;
+	const char *arg;
+	size_t alen;
+	enum smtp_cmd cmd = SMTP_C_OTHER;
+	int flags = 0, last = 0;
+	uint64_t size = 0;
+	const char *r = NULL;
+	enum proto_verdict v = PROTO_REPLY;
+
+	if (pretls(s) &&
+	    len > (s->require_tls ? SMTP_CMD_MAX : SMTP_CMD_MAX_OPEN)) {
+		s->state = SMTP_DEAD;
+		return (reply(out, R_LONG, PROTO_CLOSE));
+	}
+
+	for (vlen = 0; vlen < n && line[vlen] != ' '; vlen++)
+		continue;
+	arg = line + vlen + (vlen < n);
+	alen = n - vlen - (vlen < n);
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (proto_word_eq(line, vlen, commands[i].name)) {
+			cmd = commands[i].cmd;
+			flags = commands[i].flags;
+			break;
+		}
+	}
+
+	/* Decide whether the proxy answers this command itself. */
+	if (cmd == SMTP_C_STARTTLS) {
+		if (vlen < n)
+			r = R_TLSARG;
+		else if (ontls(s))
+			r = R_TLSACTIVE;
+		else if (!s->starttls)
+			r = R_NOTLS;
+		else if (s->authed)
+			r = R_AUTHED;
+		else if (s->in_mail)
+			r = R_INMAIL;
+		else {
+			r = R_READY;
+			v = PROTO_STARTTLS;
+		}
+	} else if (pretls(s) && s->require_tls && !(flags & SMTP_F_PRETLS)) {
+		r = R_MUSTTLS;
+		/*
+		 * A refused BDAT is followed by a chunk the proxy cannot skip
+		 * without reading it as lines; CHUNKING is not advertised
+		 * before TLS, so only a broken client gets here.
+		 */
+		if (cmd == SMTP_C_BDAT)
+			v = PROTO_CLOSE;
+	} else if (cmd == SMTP_C_BDAT) {
+		if (parse_bdat(arg, alen, &size, &last) == -1)
+			r = R_BDATARG;
+		else if (last)
+			cmd = SMTP_C_BDAT_LAST;
+	}
+
+	if (r != NULL) {
+		/* RFC 2920: answer in order, after every earlier reply. */
+		if (s->qlen > 0)
+			return (PROTO_HOLD);
+		if (v == PROTO_STARTTLS)
+			s->state = SMTP_STARTTLS;
+		else if (v == PROTO_CLOSE)
+			s->state = SMTP_DEAD;
+		return (reply(out, r, v));
+	}
+
+	if (push(s, cmd) == -1)
+		return (PROTO_HOLD);
+	if (cmd == SMTP_C_DATA || cmd == SMTP_C_AUTH)
+		s->state = SMTP_WAIT;
+	else if (cmd == SMTP_C_BDAT || cmd == SMTP_C_BDAT_LAST)
+		s->bdat = size;
+	return (PROTO_FORWARD);
+}
+
+static enum proto_verdict
+smtp_client(struct smtp *s, const char *line, size_t len,
+    struct proto_out *out)
+{
+
+	switch (s->state) {
+	case SMTP_COMMAND:
+		return (smtp_command(s, line, len, out));
+	case SMTP_WAIT:
+		return (PROTO_HOLD);
+	case SMTP_CONTENT:
+		return (smtp_content(s, line, len, out));
+	case SMTP_SASL:
+		if (pretls(s) && len > SMTP_SASL_MAX) {
+			s->state = SMTP_DEAD;
+			return (reply(out, R_LONG, PROTO_CLOSE));
+		}
+		/* RFC 4954 4: each response, "*" included, gets a reply. */
+		if (push(s, SMTP_C_AUTH) == -1)
+			return (PROTO_HOLD);
+		s->state = SMTP_WAIT;
+		return (PROTO_FORWARD);
+	case SMTP_STARTTLS:
+		/* conn discards these; never pass them on. */
+		return (PROTO_DROP);
+	case SMTP_DEAD:
+	default:
+		return (PROTO_CLOSE);
+	}
+}
+
+/* Is this EHLO keyword line (text after "250-") to be removed? */
+static int
+drop_keyword(const struct smtp *s, const char *t, size_t n)
+{
+	size_t k;
+
+	for (k = 0; k < n && t[k] != ' ' && t[k] != '='; k++)
+		continue;
+	/* Only the proxy offers STARTTLS: it cannot relay a backend's TLS. */
+	if (proto_word_eq(t, k, "STARTTLS"))
+		return (1);
+	if (!pretls(s) || !s->require_tls)
+		return (0);
+	/* Also "AUTH=" (Postfix broken_sasl_auth_clients). */
+	if (proto_word_eq(t, k, "AUTH"))
+		return (1);
+	/* MAIL is refused before TLS, and a refused chunk cannot be skipped. */
+	return (proto_word_eq(t, k, "CHUNKING"));
+}
+
+/*
+ * One line of a 250 EHLO reply.  Lines are passed on one line late, so that
+ * when the backend's last line is removed the line before it can become the
+ * last one ("250 " instead of "250-"): the reply stays well-formed.
+ * STARTTLS is inserted before the last line, or after the first line of a
+ * one-line reply (the first line is the server's domain, RFC 5321 4.1.1.1).
+ */
+static enum proto_verdict
+ehlo_line(struct smtp *s, const char *line, size_t len, size_t n, int final,
+    struct proto_out *out)
+{
+	int add = pretls(s);
+	int first = (s->rlines == 0);
+	int keep = first || n < 4 || !drop_keyword(s, line + 4, n - 4);
+	static const char starttls_more[] = "250-STARTTLS\r\n";
+	static const char starttls_last[] = "250 STARTTLS\r\n";
+	size_t skip;
+
+	out->len = 0;
+	if (first && final) {
+		if (!add)
+			return (PROTO_FORWARD);
+		skip = n > 3 ? 4 : 3;
+		if (proto_out_add(out, line, 3) == -1 ||
+		    proto_out_add(out, "-", 1) == -1 ||
+		    proto_out_add(out, line + skip, len - skip) == -1 ||
+		    proto_out_add(out, starttls_last,
+		    sizeof(starttls_last) - 1) == -1)
+			return (PROTO_CLOSE);
+		return (PROTO_REWRITE);
+	}
+
+	if (!final) {
+		if (!keep)
+			return (PROTO_DROP);
+		if (len > sizeof(s->held))
+			return (PROTO_CLOSE);
+		(void)proto_out_add(out, s->held, s->heldlen);
+		memcpy(s->held, line, len);
+		s->heldlen = len;
+		return (out->len > 0 ? PROTO_REWRITE : PROTO_DROP);
+	}
+
+	/* The last line; the first line is always held by now. */
+	if (keep) {
+		if (proto_out_add(out, s->held, s->heldlen) == -1 ||
+		    (add && proto_out_add(out, starttls_more,
+		    sizeof(starttls_more) - 1) == -1) ||
+		    proto_out_add(out, line, len) == -1)
+			return (PROTO_CLOSE);
+	} else if (add) {
+		if (proto_out_add(out, s->held, s->heldlen) == -1 ||
+		    proto_out_add(out, starttls_last,
+		    sizeof(starttls_last) - 1) == -1)
+			return (PROTO_CLOSE);
+	} else {
+		s->held[3] = ' ';
+		if (proto_out_add(out, s->held, s->heldlen) == -1)
+			return (PROTO_CLOSE);
+	}
+	s->heldlen = 0;
+	return (PROTO_REWRITE);
+}
+
+static enum proto_verdict
+smtp_backend(struct smtp *s, const char *line, size_t len,
+    struct proto_out *out)
+{
+	size_t n = proto_chomp(line, len);
+	int isnum = n >= 3 && line[0] >= '0' && line[0] <= '9' &&
+	    line[1] >= '0' && line[1] <= '9' && line[2] >= '0' &&
+	    line[2] <= '9';
+	int final = !(isnum && n >= 4 && line[3] == '-');
+	int code = isnum ? (line[0] - '0') * 100 + (line[1] - '0') * 10 +
+	    (line[2] - '0') : 0;
+	enum smtp_cmd cmd;
+	enum proto_verdict v = PROTO_FORWARD;
+
+	if (s->state == SMTP_DEAD)
+		return (PROTO_CLOSE);
+
+	/*
+	 * RFC 3207 4.2: after TLS the client starts afresh; the new backend
+	 * session's greeting was already seen by the client before TLS.  A
+	 * backend that refuses the new session ends it.
+	 */
+	if (s->swallow) {
+		if (final) {
+			s->swallow = 0;
+			if (code / 100 != 2) {
+				s->state = SMTP_DEAD;
+				return (PROTO_CLOSE);
+			}
+		}
+		return (PROTO_DROP);
+	}
+
+	/* No backend byte between our 220 and the handshake. */
+	if (s->state == SMTP_STARTTLS)
+		return (PROTO_DROP);
+
+	if (s->qlen == 0)
+		return (PROTO_FORWARD);	/* unsolicited, e.g. 421 */
+	cmd = (enum smtp_cmd)s->q[s->qhead];
+
+	if (s->rlines == 0)
+		s->ehlo = (cmd == SMTP_C_EHLO && code == 250);
+	if (s->ehlo)
+		v = ehlo_line(s, line, len, n, final, out);
+	if (v == PROTO_CLOSE) {
+		s->state = SMTP_DEAD;
+		out->len = 0;
+		return (v);
+	}
+	s->rlines++;
+	if (!final)
+		return (v);
+
+	/* The reply is complete: it answers the oldest command. */
+	s->rlines = 0;
+	s->ehlo = 0;
+	s->qhead = (s->qhead + 1) % SMTP_QMAX;
+	s->qlen--;
+	switch (cmd) {
+	case SMTP_C_EHLO:
+	case SMTP_C_HELO:
+	case SMTP_C_RSET:
+		/* RFC 5321 4.1.4: these end a transaction. */
+		if (code / 100 == 2)
+			s->in_mail = 0;
+		break;
+	case SMTP_C_MAIL:
+		if (code / 100 == 2)
+			s->in_mail = 1;
+		break;
+	case SMTP_C_DOT:
+	case SMTP_C_BDAT_LAST:
+		s->in_mail = 0;
+		break;
+	case SMTP_C_DATA:
+		s->state = code == 354 ? SMTP_CONTENT : SMTP_COMMAND;
+		break;
+	case SMTP_C_AUTH:
+		s->state = code == 334 ? SMTP_SASL : SMTP_COMMAND;
+		if (code == 235) {
+			s->authed = 1;
+			/* Nothing is left to rewrite on a TLS session. */
+			if (ontls(s) && v == PROTO_FORWARD)
+				v = PROTO_PASSTHROUGH;
+		}
+		break;
+	default:
+		break;
+	}
+	return (v);
+}
+
+static enum proto_verdict
+smtp_line(void *st, enum proto_side side, const char *line, size_t len,
+    struct proto_out *out)
+{
+	struct smtp *s = st;
+
+	out->len = 0;
+	if (len == 0)
+		return (PROTO_DROP);
+	if (side == PROTO_CLIENT)
+		return (smtp_client(s, line, len, out));
+	return (smtp_backend(s, line, len, out));
+}
+
+static void
+smtp_tls_ready(void *st)
+{
+	struct smtp *s = st;
+
+	/* RFC 3207 4.2: discard everything learned before STARTTLS. */
+	s->state = SMTP_COMMAND;
+	s->tls = 1;
+	s->authed = 0;
+	s->in_mail = 0;
+	s->bdat = 0;
+	s->qhead = s->qlen = 0;
+	s->rlines = 0;
+	s->ehlo = 0;
+	s->heldlen = 0;
+	s->swallow = 1;
+}
+
+static const char *
+smtp_strstate(const void *st)
+{
+	const struct smtp *s = st;
+
+	if (s->swallow)
+		return ("greeting");
+	switch (s->state) {
+	case SMTP_COMMAND:
+		return (s->bdat > 0 ? "bdat" : "command");
+	case SMTP_WAIT:
+		return ("wait");
+	case SMTP_CONTENT:
+		return ("data");
+	case SMTP_SASL:
+		return ("auth");
+	case SMTP_STARTTLS:
+		return ("starttls");
+	case SMTP_DEAD:
+	default:
+		return ("dead");
+	}
+}
+
+const struct proto_ops proto_smtp_ops = {
+	.name = "smtp",
+	.state_size = sizeof(struct smtp),
+	.max_line = SMTP_MAX_LINE,
+	.init = smtp_init,
+	.raw = smtp_raw,
+	.line = smtp_line,
+	.tls_ready = smtp_tls_ready,
+	.strstate = smtp_strstate,
+};
