@@ -27,6 +27,16 @@ struct certs;
 struct certs *certs_load(const struct config_listener *, const char *, FILE *);
 
 /**
+ * certs_load_trust(l, cfgpath, errf):
+ * Build the credentials toward listener ${l}'s backend: the CA that its
+ * certificate must chain to (backend_ca, or the system's trust store), none
+ * when backend_verify is off.  Problems are written to ${errf} as
+ * "CFGPATH:LINE: message".  Return a set with one reference, or NULL.
+ */
+struct certs *certs_load_trust(const struct config_listener *, const char *,
+    FILE *);
+
+/**
  * certs_ref(c):
  * Take one more reference to ${c}; return ${c}.
  */

@@ -25,13 +25,13 @@ struct listener {
 };
 
 /**
- * listener_setup(l, conf, cfgpath, ticket_key, errf):
+ * listener_setup(l, conf, cfgpath, ticket, errf):
  * Prepare ${l} for ${conf}: credentials, priority, ALPN, and the TLS
  * context toward the backend.  Problems are written
  * to ${errf} as "CFGPATH:LINE: message".  Return 0 or -1.
  */
 int listener_setup(struct listener *, const struct config_listener *,
-    const char *, const gnutls_datum_t *, FILE *);
+    const char *, struct ticket *, FILE *);
 
 /**
  * listener_teardown(l):

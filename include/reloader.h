@@ -25,6 +25,7 @@
 #include "certs.h"
 #include "config.h"
 #include "listener.h"
+#include "ticket.h"
 
 enum reloader_result {
 	RELOADER_OK,
@@ -42,15 +43,17 @@ struct reloader;
 #define RELOADER_POLL_ONLY_ENV	"MAILTLSD_RELOADER_POLL_ONLY"
 
 /**
- * reloader_new(loop, cfg, ls, n):
+ * reloader_new(loop, cfg, ls, n, ticket):
  * Watch the certificate files of the ${n} listeners ${ls} (configured by
- * ${cfg}) from ${loop}, which must be the thread's running loop.  ${cfg} and
- * ${ls} are borrowed until the reloader has been freed.  The listeners'
- * current credentials are taken as matching the files as they are now.
+ * ${cfg}) from ${loop}, which must be the thread's running loop, and the
+ * session-ticket key ${ticket} (may be NULL), re-read with them.  ${cfg},
+ * ${ls} and ${ticket} are borrowed until the reloader has been freed.  The
+ * listeners' current credentials are taken as matching the files as they
+ * are now.
  * Return the reloader, or NULL.
  */
 struct reloader *reloader_new(uv_loop_t *, const struct config *,
-    struct listener *, size_t);
+    struct listener *, size_t, struct ticket *);
 
 /**
  * reloader_reload(r, why):

@@ -14,6 +14,7 @@
 
 #include "certs.h"
 #include "config.h"
+#include "ticket.h"
 
 /* Results of tlsio_handshake() and tlsio_recv(). */
 #define TLSIO_AGAIN	(-1)	/* needs more ciphertext */
@@ -25,16 +26,16 @@ struct tlsio_server_ctx {
 	struct certs_slot	*slot;		/* current credentials */
 	gnutls_datum_t		 alpn;		/* the listener's ALPN id */
 	int			 alpn_strict;
-	const gnutls_datum_t	*ticket_key;	/* NULL: no session tickets */
+	struct ticket		*ticket;	/* NULL: no session tickets */
 	enum config_verify	 verify;
 };
 
 /* Toward a backend: the credentials hold the CA to verify against. */
 struct tlsio_client_ctx {
-	gnutls_priority_t			 prio;
-	gnutls_certificate_credentials_t	 cred;
-	const char				*name;	/* SNI and check */
-	int					 verify;
+	gnutls_priority_t	 prio;
+	struct certs_slot	*slot;		/* current trust (reloadable) */
+	const char		*name;		/* SNI and check */
+	int			 verify;
 };
 
 /* The owner's push function: queue ${len} bytes of ciphertext; 0 or -1. */

@@ -238,6 +238,45 @@ err0:
 }
 
 /**
+ * certs_load_trust(l, cfgpath, errf):
+ * Build the credentials toward listener ${l}'s backend: the CA that its
+ * certificate must chain to (backend_ca, or the system's trust store), none
+ * when backend_verify is off.  Problems are written to ${errf} as
+ * "CFGPATH:LINE: message".  Return a set with one reference, or NULL.
+ */
+struct certs *
+certs_load_trust(const struct config_listener *l, const char *cfgpath,
+    FILE *errf)
+{
+	struct certs *c;
+	int rc;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return (NULL);
+	atomic_init(&c->refs, 1);
+	if (gnutls_certificate_allocate_credentials(&c->cred) < 0)
+		goto err;
+	if (!l->backend_verify)
+		return (c);
+	if (l->backend_ca != NULL)
+		rc = gnutls_certificate_set_x509_trust_file(c->cred,
+		    l->backend_ca, GNUTLS_X509_FMT_PEM);
+	else
+		rc = gnutls_certificate_set_x509_system_trust(c->cred);
+	if (rc <= 0) {
+		fprintf(errf, "%s:%d: listener %s: cannot load %s: %s\n",
+		    cfgpath, l->line, l->name, l->backend_ca != NULL ?
+		    l->backend_ca : "the system trust store", rc < 0 ?
+		    gnutls_strerror(rc) : "no certificate in file");
+		goto err;
+	}
+	return (c);
+err:
+	certs_free(c);
+	return (NULL);
+}
+
+/**
  * certs_ref(c):
  * Take one more reference to ${c}; return ${c}.
  */

@@ -20,6 +20,7 @@ backend_setup(struct listener *l, const struct config_listener *conf,
     const char *cfgpath, FILE *errf)
 {
 	const char *errpos = NULL;
+	struct certs *c;
 	int rc;
 
 	rc = gnutls_priority_init2(&l->btls.prio, conf->tls_priority, &errpos,
@@ -30,24 +31,11 @@ backend_setup(struct listener *l, const struct config_listener *conf,
 		    errpos != NULL ? errpos : "", gnutls_strerror(rc));
 		return (-1);
 	}
-	if ((rc = gnutls_certificate_allocate_credentials(&l->btls.cred)) < 0)
+	if ((c = certs_load_trust(conf, cfgpath, errf)) == NULL)
 		goto err;
-	if (conf->backend_verify) {
-		if (conf->backend_ca != NULL)
-			rc = gnutls_certificate_set_x509_trust_file(
-			    l->btls.cred, conf->backend_ca,
-			    GNUTLS_X509_FMT_PEM);
-		else
-			rc = gnutls_certificate_set_x509_system_trust(
-			    l->btls.cred);
-		if (rc <= 0) {
-			fprintf(errf, "%s:%d: listener %s: cannot load %s: "
-			    "%s\n", cfgpath, conf->line, conf->name,
-			    conf->backend_ca != NULL ? conf->backend_ca :
-			    "the system trust store", rc < 0 ?
-			    gnutls_strerror(rc) : "no certificate in file");
-			goto err;
-		}
+	if ((l->btls.slot = certs_slot_new(c)) == NULL) {
+		certs_unref(c);
+		goto err;
 	}
 	l->btls.name = conf->backend_name != NULL ? conf->backend_name :
 	    conf->backend.host;
@@ -55,21 +43,19 @@ backend_setup(struct listener *l, const struct config_listener *conf,
 	l->backend_tls = 1;
 	return (0);
 err:
-	if (l->btls.cred != NULL)
-		gnutls_certificate_free_credentials(l->btls.cred);
 	gnutls_priority_deinit(l->btls.prio);
 	memset(&l->btls, 0, sizeof(l->btls));
 	return (-1);
 }
 
 /**
- * listener_setup(l, conf, cfgpath, ticket_key, errf):
+ * listener_setup(l, conf, cfgpath, ticket, errf):
  * Prepare ${l} for ${conf}: credentials, priority, ALPN.  Problems are written
  * to ${errf} as "CFGPATH:LINE: message".  Return 0 or -1.
  */
 int
 listener_setup(struct listener *l, const struct config_listener *conf,
-    const char *cfgpath, const gnutls_datum_t *ticket_key, FILE *errf)
+    const char *cfgpath, struct ticket *ticket, FILE *errf)
 {
 	struct certs *c;
 	const char *errpos = NULL;
@@ -110,7 +96,7 @@ listener_setup(struct listener *l, const struct config_listener *conf,
 		l->tls.alpn.size = (unsigned int)strlen(id);
 	}
 	l->tls.alpn_strict = conf->alpn_strict;
-	l->tls.ticket_key = ticket_key;
+	l->tls.ticket = ticket;
 	l->tls.verify = conf->client_verify;
 	l->client_tls = 1;
 	return (0);
@@ -134,7 +120,7 @@ listener_teardown(struct listener *l)
 	certs_slot_free(l->tls.slot);
 	memset(&l->tls, 0, sizeof(l->tls));
 	if (l->backend_tls) {
-		gnutls_certificate_free_credentials(l->btls.cred);
+		certs_slot_free(l->btls.slot);
 		gnutls_priority_deinit(l->btls.prio);
 		memset(&l->btls, 0, sizeof(l->btls));
 		l->backend_tls = 0;

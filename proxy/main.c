@@ -18,7 +18,10 @@
 #include "config.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "reloader.h"
+#include "ticket.h"
 #include "worker.h"
 
 #define EXIT_CONFIG	1
@@ -34,8 +37,12 @@ struct mainctx {
 	uv_signal_t	  sigterm, sigint, sighup;
 	uv_async_t	  done_async;
 	struct reloader	 *reloader;
+	struct metrics	 *metrics;
+	struct metrics_http *mhttp;
+	struct metrics_src  msrc;
+	const char	**lnames;	/* listener names, for msrc */
 	int		  stopping;
-	gnutls_datum_t	  ticket_key;
+	struct ticket	 *ticket;
 };
 
 static void
@@ -50,42 +57,6 @@ usage(FILE *f)
 	    "       mailtlsd -h             this help\n");
 }
 
-/* The session-ticket key: 64 bytes, base64 in a file, or random. */
-static int
-load_ticket_key(const struct config *cfg, gnutls_datum_t *key, FILE *errf)
-{
-	gnutls_datum_t raw, b64;
-	size_t len;
-	int rc;
-
-	if (cfg->ticket_key_file == NULL)
-		return (gnutls_session_ticket_key_generate(key) < 0 ? -1 : 0);
-	if ((rc = gnutls_load_file(cfg->ticket_key_file, &raw)) < 0) {
-		fprintf(errf, "%s: cannot read ticket_key_file %s: %s\n",
-		    cfg->path, cfg->ticket_key_file, gnutls_strerror(rc));
-		return (-1);
-	}
-	len = raw.size;
-	while (len > 0 && (raw.data[len - 1] == '\n' ||
-	    raw.data[len - 1] == '\r' || raw.data[len - 1] == ' '))
-		len--;
-	b64.data = raw.data;
-	b64.size = (unsigned int)len;
-	rc = gnutls_base64_decode2(&b64, key);
-	gnutls_memset(raw.data, 0, raw.size);
-	gnutls_free(raw.data);
-	if (rc < 0 || key->size != 64) {
-		fprintf(errf, "%s: ticket_key_file %s must hold 64 bytes in "
-		    "base64 (openssl rand -base64 64)\n", cfg->path,
-		    cfg->ticket_key_file);
-		if (rc >= 0)
-			gnutls_free(key->data);
-		key->data = NULL;
-		return (-1);
-	}
-	return (0);
-}
-
 static int
 setup_listeners(struct mainctx *m, FILE *errf)
 {
@@ -96,7 +67,7 @@ setup_listeners(struct mainctx *m, FILE *errf)
 		return (-1);
 	for (i = 0; i < m->cfg->nlisteners; i++) {
 		if (listener_setup(&m->ls[i], &m->cfg->listeners[i],
-		    m->cfg->path, &m->ticket_key, errf) < 0)
+		    m->cfg->path, m->ticket, errf) < 0)
 			bad = 1;
 		m->ls[i].index = i;
 	}
@@ -177,6 +148,8 @@ all_done_check(uv_async_t *as)
 	uv_close((uv_handle_t *)&m->sigint, close_cb);
 	uv_close((uv_handle_t *)&m->sighup, close_cb);
 	uv_close((uv_handle_t *)&m->done_async, close_cb);
+	metrics_http_stop(m->mhttp);
+	m->mhttp = NULL;
 	reloader_free(m->reloader);
 	m->reloader = NULL;
 }
@@ -201,9 +174,44 @@ signal_cb(uv_signal_t *s, int signum)
 	    "SIGINT", (unsigned long long)m->cfg->shutdown_timeout_ms);
 	for (i = 0; i < m->nws; i++)
 		worker_stop(m->ws[i]);
-	/* Its handles must close for the main loop to end. */
+	/*
+	 * Their handles must close for the main loop to end; the endpoint
+	 * reads the reloader, so it goes first.
+	 */
+	metrics_http_stop(m->mhttp);
+	m->mhttp = NULL;
 	reloader_free(m->reloader);
 	m->reloader = NULL;
+}
+
+/* The /metrics endpoint on the main loop, once the workers run. */
+static int
+start_metrics(struct mainctx *m)
+{
+	const struct config *cfg = m->cfg;
+	char err[256];
+	size_t j;
+
+	if ((m->lnames = calloc(cfg->nlisteners + 1, sizeof(*m->lnames))) ==
+	    NULL) {
+		log_err("start", "metrics: out of memory");
+		return (-1);
+	}
+	for (j = 0; j < cfg->nlisteners; j++)
+		m->lnames[j] = cfg->listeners[j].name;
+	m->msrc.metrics = m->metrics;
+	m->msrc.names = m->lnames;
+	m->msrc.nlisteners = cfg->nlisteners;
+	m->msrc.reloader = m->reloader;
+	m->msrc.version = MAILTLSD_VERSION;
+	m->msrc.gnutls = gnutls_check_version(NULL);
+	m->msrc.libuv = uv_version_string();
+	if ((m->mhttp = metrics_http_start(m->loop, &cfg->metrics, &m->msrc,
+	    err, sizeof(err))) == NULL) {
+		log_err("start", "metrics = %s: %s", cfg->metrics.text, err);
+		return (-1);
+	}
+	return (0);
 }
 
 static int
@@ -229,6 +237,9 @@ run(struct mainctx *m)
 	if ((m->ws = calloc(nw, sizeof(*m->ws))) == NULL ||
 	    (fds = calloc(cfg->nlisteners, sizeof(int))) == NULL)
 		goto out;
+	/* Made before the workers, which count into it. */
+	if ((m->metrics = metrics_new(nw, cfg->nlisteners)) == NULL)
+		goto out;
 	for (i = 0; i < nw; i++) {
 		for (j = 0; j < cfg->nlisteners; j++) {
 			fds[j] = listener_socket(&cfg->listeners[j].listen, 1,
@@ -242,6 +253,7 @@ run(struct mainctx *m)
 		if ((m->ws[i] = worker_new((int)i, cfg, m->ls,
 		    cfg->nlisteners, fds, worker_done, m)) == NULL)
 			goto out;
+		m->ws[i]->metrics = m->metrics;
 		m->nws++;
 	}
 	/* Ports are bound: now nothing needs root any more. */
@@ -265,10 +277,12 @@ run(struct mainctx *m)
 			exit(EXIT_STARTUP);
 		}
 	if ((m->reloader = reloader_new(m->loop, cfg, m->ls,
-	    cfg->nlisteners)) == NULL) {
+	    cfg->nlisteners, m->ticket)) == NULL) {
 		log_err("start", "cannot start the certificate reloader");
 		exit(EXIT_STARTUP);
 	}
+	if (cfg->has_metrics && start_metrics(m) < 0)
+		exit(EXIT_STARTUP);
 	for (j = 0; j < cfg->nlisteners; j++) {
 		const struct config_listener *l = &cfg->listeners[j];
 
@@ -341,7 +355,7 @@ main(int argc, char *argv[])
 	if ((m.cfg = config_load(path, stderr)) == NULL)
 		return (EXIT_CONFIG);
 	log_setup(m.cfg->log_level, m.cfg->log_format);
-	if (load_ticket_key(m.cfg, &m.ticket_key, stderr) < 0) {
+	if ((m.ticket = ticket_new(m.cfg, stderr)) == NULL) {
 		rc = check ? EXIT_CONFIG : EXIT_STARTUP;
 		goto out;
 	}
@@ -357,11 +371,10 @@ main(int argc, char *argv[])
 	rc = run(&m);
 out:
 	teardown_listeners(&m);
-	if (m.ticket_key.data != NULL) {
-		gnutls_memset(m.ticket_key.data, 0, m.ticket_key.size);
-		gnutls_free(m.ticket_key.data);
-	}
+	ticket_free(m.ticket);
 	free(m.ws);
+	metrics_free(m.metrics);
+	free(m.lnames);
 	config_free(m.cfg);
 	return (rc);
 }

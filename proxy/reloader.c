@@ -69,6 +69,7 @@ struct rwatch {
 
 struct reloader {
 	uv_loop_t		*loop;
+	struct ticket		*ticket;	/* borrowed; NULL: none */
 	const struct config	*cfg;		/* borrowed */
 	struct rlistener	*rl;
 	size_t			 n;
@@ -523,7 +524,7 @@ static void
 reload_one(struct reloader *r, struct rlistener *rl, const char *why, int all)
 {
 	const struct config_listener *lc = rl->l->conf;
-	struct certs *c;
+	struct certs *c, *bc;
 	char *msg = NULL, *line = NULL, *files, when[32];
 	size_t msglen = 0, i, n;
 	time_t first = 0;
@@ -533,13 +534,19 @@ reload_one(struct reloader *r, struct rlistener *rl, const char *why, int all)
 	files = file_list(rl, all);
 	for (i = 0; i < rl->nfiles; i++)
 		memcpy(rl->files[i].loaded, rl->files[i].seen, FP_LEN);
-	if ((errf = open_memstream(&msg, &msglen)) == NULL)
-		c = NULL;
-	else {
-		c = certs_load(lc, r->cfg->path, errf);
+	c = bc = NULL;
+	if ((errf = open_memstream(&msg, &msglen)) != NULL) {
+		if (rl->l->client_tls)
+			c = certs_load(lc, r->cfg->path, errf);
+		if (rl->l->backend_tls)
+			bc = certs_load_trust(lc, r->cfg->path, errf);
 		fclose(errf);
 	}
-	if (c == NULL) {
+	/* Both sets are good or neither is used. */
+	if ((rl->l->client_tls && c == NULL) ||
+	    (rl->l->backend_tls && bc == NULL)) {
+		certs_unref(c);
+		certs_unref(bc);
 		if (msg != NULL)
 			line = one_line(msg);
 		atomic_fetch_add(&rl->count[RELOADER_FAILED], 1);
@@ -553,7 +560,7 @@ reload_one(struct reloader *r, struct rlistener *rl, const char *why, int all)
 		goto out;
 	}
 	/* The first certificate to expire is the one to watch out for. */
-	n = certs_count(c);
+	n = c != NULL ? certs_count(c) : 0;
 	for (i = 0; i < n; i++)
 		if (i == 0 || certs_not_after(c, i) < first)
 			first = certs_not_after(c, i);
@@ -564,7 +571,10 @@ reload_one(struct reloader *r, struct rlistener *rl, const char *why, int all)
 	 * New handshakes get the new set; open sessions keep the reference
 	 * they took, so the old set goes when the last of them does.
 	 */
-	certs_slot_set(rl->l->tls.slot, c);
+	if (c != NULL)
+		certs_slot_set(rl->l->tls.slot, c);
+	if (bc != NULL)
+		certs_slot_set(rl->l->btls.slot, bc);
 	atomic_fetch_add(&rl->count[RELOADER_OK], 1);
 	log_fields(CONFIG_LOG_INFO, "reload", (struct log_field[]){
 	    LOG_STR("listener", lc->name),
@@ -579,11 +589,40 @@ out:
 	free(files);
 }
 
+/* The session-ticket key is re-read with the certificates. */
+static void
+reload_ticket(struct reloader *r, const char *why)
+{
+	char *msg = NULL;
+	size_t msglen = 0;
+	FILE *errf;
+	int rc;
+
+	if (r->ticket == NULL || r->cfg->ticket_key_file == NULL)
+		return;
+	if ((errf = open_memstream(&msg, &msglen)) == NULL)
+		return;
+	rc = ticket_reload(r->ticket, r->cfg, errf);
+	fclose(errf);
+	if (rc < 0)
+		log_fields(CONFIG_LOG_ERROR, "reload", (struct log_field[]){
+		    LOG_STR("file", r->cfg->ticket_key_file),
+		    LOG_STR("trigger", why), LOG_STR("result", "failed"),
+		    LOG_STR("error", msg),
+		    LOG_STR("action", "keeping the ticket key in use") }, 5);
+	else if (rc > 0)
+		log_fields(CONFIG_LOG_INFO, "reload", (struct log_field[]){
+		    LOG_STR("file", r->cfg->ticket_key_file),
+		    LOG_STR("trigger", why), LOG_STR("result", "ok") }, 3);
+	free(msg);
+}
+
 static void
 debounce_cb(uv_timer_t *t)
 {
 	struct reloader *r = t->data;
 	size_t i;
+	int changed = 0;
 
 	/*
 	 * Files that moved since the last event (or the last poll) are still
@@ -597,8 +636,12 @@ debounce_cb(uv_timer_t *t)
 	}
 	r->pending = 0;
 	for (i = 0; i < r->n; i++)
-		if (any_changed(&r->rl[i]))
+		if (any_changed(&r->rl[i])) {
 			reload_one(r, &r->rl[i], "change", 0);
+			changed = 1;
+		}
+	if (changed)
+		reload_ticket(r, "change");
 }
 
 /* Something may have changed: reload once things have settled. */
@@ -646,16 +689,18 @@ timer_close_cb(uv_handle_t *h)
 }
 
 /**
- * reloader_new(loop, cfg, ls, n):
+ * reloader_new(loop, cfg, ls, n, ticket):
  * Watch the certificate files of the ${n} listeners ${ls} (configured by
- * ${cfg}) from ${loop}, which must be the thread's running loop.  ${cfg} and
- * ${ls} are borrowed until the reloader has been freed.  The listeners'
- * current credentials are taken as matching the files as they are now.
+ * ${cfg}) from ${loop}, which must be the thread's running loop, and the
+ * session-ticket key ${ticket} (may be NULL), re-read with them.  ${cfg},
+ * ${ls} and ${ticket} are borrowed until the reloader has been freed.  The
+ * listeners' current credentials are taken as matching the files as they
+ * are now.
  * Return the reloader, or NULL.
  */
 struct reloader *
 reloader_new(uv_loop_t *loop, const struct config *cfg, struct listener *ls,
-    size_t n)
+    size_t n, struct ticket *ticket)
 {
 	struct reloader *r;
 	size_t i, j, k, nfiles = 0, ndirs = 0;
@@ -664,6 +709,7 @@ reloader_new(uv_loop_t *loop, const struct config *cfg, struct listener *ls,
 	if ((r = calloc(1, sizeof(*r))) == NULL)
 		goto err0;
 	r->loop = loop;
+	r->ticket = ticket;
 	r->cfg = cfg;
 	r->n = n;
 	/* For tests, and to rule inotify out when chasing a problem. */
@@ -677,10 +723,14 @@ reloader_new(uv_loop_t *loop, const struct config *cfg, struct listener *ls,
 		rl->l = &ls[i];
 		for (k = 0; k < RELOADER_NRESULTS; k++)
 			atomic_init(&rl->count[k], 0);
-		if (!ls[i].client_tls)
+		if (!ls[i].client_tls && !ls[i].backend_tls)
 			continue;
-		/* Two files per pair at most, and the client CA. */
-		rl->files = calloc(2 * lc->ncerts + 1, sizeof(*rl->files));
+		/*
+		 * Two files per pair at most, the client CA, the backend CA,
+		 * and the ticket key: a change to it reloads the listener,
+		 * and the key with it.
+		 */
+		rl->files = calloc(2 * lc->ncerts + 3, sizeof(*rl->files));
 		if (rl->files == NULL)
 			goto err2;
 		for (j = 0; j < lc->ncerts; j++) {
@@ -690,8 +740,13 @@ reloader_new(uv_loop_t *loop, const struct config *cfg, struct listener *ls,
 			rl->files[rl->nfiles++].path = lc->certs[j].cert;
 			rl->files[rl->nfiles++].path = lc->certs[j].key;
 		}
-		if (lc->client_ca != NULL)
+		if (lc->client_ca != NULL && ls[i].client_tls)
 			rl->files[rl->nfiles++].path = lc->client_ca;
+		if (lc->backend_ca != NULL && ls[i].backend_tls &&
+		    lc->backend_verify)
+			rl->files[rl->nfiles++].path = lc->backend_ca;
+		if (cfg->ticket_key_file != NULL && ls[i].client_tls)
+			rl->files[rl->nfiles++].path = cfg->ticket_key_file;
 		nfiles += rl->nfiles;
 	}
 	(void)look(r);
@@ -744,8 +799,9 @@ reloader_reload(struct reloader *r, const char *why)
 	watch_update(r);
 	(void)look(r);
 	for (i = 0; i < r->n; i++)
-		if (r->rl[i].l->client_tls)
+		if (r->rl[i].l->client_tls || r->rl[i].l->backend_tls)
 			reload_one(r, &r->rl[i], why, 1);
+	reload_ticket(r, why);
 }
 
 /**

@@ -13,7 +13,7 @@
 
 struct tlsio {
 	gnutls_session_t	 s;
-	struct certs		*certs;		/* server side: ref held */
+	struct certs		*certs;		/* ref held until freed */
 	tlsio_push_fn		*push;
 	void			*arg;
 	const unsigned char	*in;		/* fed ciphertext, borrowed */
@@ -136,8 +136,7 @@ tlsio_server_new(const struct tlsio_server_ctx *ctx, tlsio_push_fn *push,
 		if (gnutls_alpn_set_protocols(t->s, &ctx->alpn, 1, aflags) < 0)
 			goto err1;
 	}
-	if (ctx->ticket_key != NULL &&
-	    gnutls_session_ticket_enable_server(t->s, ctx->ticket_key) < 0)
+	if (ctx->ticket != NULL && ticket_enable(ctx->ticket, t->s) < 0)
 		goto err1;
 	if (ctx->verify != CONFIG_VERIFY_NONE) {
 		gnutls_certificate_server_set_request(t->s,
@@ -166,9 +165,10 @@ tlsio_client_new(const struct tlsio_client_ctx *ctx,
 
 	if ((t = tlsio_new(GNUTLS_CLIENT, push, arg)) == NULL)
 		goto err0;
+	t->certs = certs_slot_get(ctx->slot);
 	if (gnutls_priority_set(t->s, ctx->prio) < 0 ||
 	    gnutls_credentials_set(t->s, GNUTLS_CRD_CERTIFICATE,
-	    ctx->cred) < 0)
+	    certs_cred(t->certs)) < 0)
 		goto err1;
 	/* RFC 6066 3: no IP literals in SNI; the name check still applies. */
 	if (ctx->name != NULL && ctx->name[0] != '\0' &&

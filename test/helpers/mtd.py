@@ -1526,12 +1526,18 @@ userdb {
   args = username_format=%%n %(passwd)s
 }
 service imap-login {
-%(imap)s  inet_listener imaps {
+%(imap)s  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
     port = 0
   }
 }
 service pop3-login {
-%(pop3)s  inet_listener pop3s {
+%(pop3)s  inet_listener pop3 {
+    port = 0
+  }
+  inet_listener pop3s {
     port = 0
   }
 }

@@ -416,7 +416,7 @@ rig_start(struct rig *g, const char *cert, const char *key)
 	g->cfg = load_config(cert, key);
 	assert_int_equal(listener_setup(&g->l, &g->cfg->listeners[0],
 	    g->cfg->path, NULL, stderr), 0);
-	assert_non_null(g->r = reloader_new(&g->loop, g->cfg, &g->l, 1));
+	assert_non_null(g->r = reloader_new(&g->loop, g->cfg, &g->l, 1, NULL));
 	assert_int_equal(reloader_nlisteners(g->r), 1);
 	assert_string_equal(reloader_listener_name(g->r, 0), "imp");
 }
