@@ -24,6 +24,7 @@ struct worker_accept {
 	uv_poll_t	 poll;
 	int		 polling;
 	int		 open;
+	int		 starved;	/* paused for lack of descriptors */
 };
 
 static void	accept_cb(uv_poll_t *, int, int);
@@ -106,8 +107,13 @@ accept_cb(uv_poll_t *p, int status, int events)
 			case ENFILE:
 			case ENOBUFS:
 			case ENOMEM:
-				log_warn("accept", "listener %s: %s; pausing",
-				    a->l->conf->name, strerror(errno));
+				/* Once, not at every retry. */
+				if (!a->starved)
+					log_warn("accept", "listener %s: %s; "
+					    "not accepting until descriptors "
+					    "free up", a->l->conf->name,
+					    strerror(errno));
+				a->starved = 1;
 				acc_pause(a);
 				return;
 			default:
@@ -116,6 +122,11 @@ accept_cb(uv_poll_t *p, int status, int events)
 				acc_pause(a);
 				return;
 			}
+		}
+		if (a->starved) {
+			log_info("accept", "listener %s: accepting again",
+			    a->l->conf->name);
+			a->starved = 0;
 		}
 		if (conn_start(a->w, a->l, fd, (struct sockaddr *)&ss,
 		    sslen) < 0)
