@@ -142,7 +142,7 @@ imap_line(struct bstls *b, const char *line, size_t len, struct proto_out *out)
 		if (len < 4 || strncasecmp(line, "* OK", 4) != 0)
 			return (fail(b, "greeting refused", line, len));
 		imap_keep_greeting(b, line, len);
-		if (has_word(line + 4, len - 4, "[CAPABILITY")) {
+		if (has_word(line + 4, len - 4, "CAPABILITY")) {
 			if (!has_word(line + 4, len - 4, "STARTTLS"))
 				return (fail(b, "backend does not offer "
 				    "STARTTLS", "", 0));

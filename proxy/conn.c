@@ -58,7 +58,7 @@ struct side {
 	unsigned	 dead:1;	/* nothing more can be written */
 	unsigned	 shut:1;	/* our write side is shut */
 	unsigned	 detached:1;	/* a backend being dropped */
-	unsigned	 hs_fed:1;	/* STARTTLS: ciphertext seen */
+	unsigned	 hs_fed:1;	/* after STARTTLS: ciphertext seen */
 	size_t		 queued;	/* bytes handed to libuv or pending */
 	struct wreq	*pend_head;	/* plaintext waiting for ready */
 	struct wreq	*pend_tail;
@@ -957,6 +957,21 @@ relay_read(struct conn *c, struct side *s, char *data, size_t nread)
 		if (s->tls == NULL) {
 			on_backend_plain(c, s, data, nread);
 			return;
+		}
+		if (c->phase == CONN_BACKEND_TLS && s->bst != NULL &&
+		    !s->hs_fed) {
+			/*
+			 * After the go-ahead the backend's first byte must
+			 * start a TLS record (handshake or alert): anything
+			 * else was injected, whatever packet it came in.
+			 */
+			if ((unsigned char)data[0] != 0x16 &&
+			    (unsigned char)data[0] != 0x15) {
+				backend_unavailable(c, "data after the STARTTLS "
+				    "go-ahead (response injection)");
+				return;
+			}
+			s->hs_fed = 1;
 		}
 		tlsio_feed(s->tls, data, nread);
 		if (c->phase == CONN_BACKEND_TLS) {
