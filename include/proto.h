@@ -64,9 +64,18 @@ struct proto_ops {
 	size_t		 (*raw)(void *st, enum proto_side side, size_t avail);
 
 	/*
+	 * The longest line from ${side} that the handler will take in its
+	 * present state (at most max_line).  conn closes a connection whose
+	 * unfinished line has grown past it, without waiting for the line
+	 * ending that would only let the handler refuse it.
+	 */
+	size_t		 (*line_limit)(const void *st, enum proto_side side);
+
+	/*
 	 * One complete line from ${side}, its line ending (CRLF or bare LF)
-	 * included in ${len}.  Never contains NUL (conn closes on NUL before
-	 * passthrough).
+	 * included in ${len}.  While the client is in plaintext on a STARTTLS
+	 * listener conn closes on a NUL byte instead; once on TLS a line may
+	 * contain NUL (message content).
 	 */
 	enum proto_verdict (*line)(void *st, enum proto_side side,
 			    const char *line, size_t len, struct proto_out *out);

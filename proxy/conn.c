@@ -800,6 +800,7 @@ client_cipher(struct conn *c, const char *data, size_t len)
 {
 	struct tlsio *t = c->client.tls;
 	ssize_t n;
+	size_t off;
 	int rc;
 
 	if (c->phase == CONN_STARTTLS_HS && !c->client.hs_fed) {
@@ -838,8 +839,24 @@ client_cipher(struct conn *c, const char *data, size_t len)
 		if (c->phase == CONN_CLOSING)
 			return;
 	}
+	/*
+	 * Records are gathered until the buffer is full or the feed runs dry,
+	 * so that one read's worth of ciphertext becomes one write toward the
+	 * backend, not one per record.
+	 */
+	off = 0;
 	for (;;) {
-		n = tlsio_recv(t, c->w->pbuf, sizeof(c->w->pbuf));
+		n = tlsio_recv(t, c->w->pbuf + off, sizeof(c->w->pbuf) - off);
+		if (n > 0 && (off += (size_t)n) < sizeof(c->w->pbuf))
+			continue;
+		if (off > 0) {
+			on_client_plain(c, c->w->pbuf, off);
+			off = 0;
+			if (c->phase == CONN_CLOSING || c->client.tls != t)
+				break;
+			if (n > 0)
+				continue;
+		}
 		if (n == TLSIO_AGAIN)
 			break;
 		if (n == 0) {
@@ -852,9 +869,6 @@ client_cipher(struct conn *c, const char *data, size_t len)
 			finish(c, "client_error");
 			break;
 		}
-		on_client_plain(c, c->w->pbuf, (size_t)n);
-		if (c->phase == CONN_CLOSING || c->client.tls != t)
-			break;
 	}
 	/* Whatever is still fed is dropped here: the buffer goes away. */
 	tlsio_feed(t, NULL, 0);
@@ -948,6 +962,7 @@ relay_read(struct conn *c, struct side *s, char *data, size_t nread)
 			on_client_plain(c, data, nread);
 	} else {
 		ssize_t n;
+		size_t off;
 		int rc;
 
 		if (c->phase == CONN_BACKEND_STARTTLS) {
@@ -988,8 +1003,21 @@ relay_read(struct conn *c, struct side *s, char *data, size_t nread)
 			if (c->phase == CONN_CLOSING || c->backend != s)
 				return;
 		}
+		/* As from the client: one write per read, not per record. */
+		off = 0;
 		for (;;) {
-			n = tlsio_recv(s->tls, c->w->pbuf, sizeof(c->w->pbuf));
+			n = tlsio_recv(s->tls, c->w->pbuf + off,
+			    sizeof(c->w->pbuf) - off);
+			if (n > 0 && (off += (size_t)n) < sizeof(c->w->pbuf))
+				continue;
+			if (off > 0) {
+				on_backend_plain(c, s, c->w->pbuf, off);
+				off = 0;
+				if (c->phase == CONN_CLOSING || c->backend != s)
+					break;
+				if (n > 0)
+					continue;
+			}
 			if (n == TLSIO_AGAIN)
 				break;
 			if (n == 0) {
@@ -1002,9 +1030,6 @@ relay_read(struct conn *c, struct side *s, char *data, size_t nread)
 				finish(c, "backend_error");
 				break;
 			}
-			on_backend_plain(c, s, c->w->pbuf, (size_t)n);
-			if (c->phase == CONN_CLOSING || c->backend != s)
-				break;
 		}
 		if (c->backend == s && s->tls != NULL)
 			tlsio_feed(s->tls, NULL, 0);
@@ -1119,7 +1144,10 @@ process(struct conn *c, struct side *s)
 	struct side *to;
 	struct proto_out *out = &c->w->out;
 	enum proto_verdict v;
-	size_t raw, len, max = c->ops->max_line;
+	size_t raw, len, limit, max = c->ops->max_line;
+	/* A NUL byte closes only while the client is still in plaintext. */
+	int plain = c->lc->client_tls != CONFIG_TLS_IMPLICIT &&
+	    !c->client_tls_up;
 	const char *p, *eol;
 	int side = s->is_client ? PROTO_CLIENT : PROTO_BACKEND;
 
@@ -1154,21 +1182,29 @@ process(struct conn *c, struct side *s)
 			continue;
 		}
 		eol = memchr(p, '\n', s->lblen > max ? max : s->lblen);
-		if (eol == NULL) {
-			if (s->lblen >= max) {
-				snprintf(c->detail, sizeof(c->detail),
-				    "%s line longer than %zu octets",
-				    s->is_client ? "client" : "backend", max);
-				finish(c, "line_too_long");
-			}
-			break;
-		}
-		len = (size_t)(eol - p) + 1;
-		if (memchr(p, '\0', len) != NULL) {
+		len = eol != NULL ? (size_t)(eol - p) + 1 : s->lblen;
+		if (plain && memchr(p, '\0', len) != NULL) {
 			snprintf(c->detail, sizeof(c->detail), "NUL byte from %s",
 			    s->is_client ? "client" : "backend");
 			finish(c, "nul_byte");
 			return;
+		}
+		if (eol == NULL) {
+			/*
+			 * Do not wait for the end of a line that is already
+			 * too long for the handler to take.
+			 */
+			limit = c->ops->line_limit(c->pst, side);
+			if (limit > max)
+				limit = max;
+			if (s->lblen >= limit) {
+				snprintf(c->detail, sizeof(c->detail),
+				    "%s line longer than %zu octets",
+				    s->is_client ? "client" : "backend",
+				    limit);
+				finish(c, "line_too_long");
+			}
+			break;
 		}
 		out->len = 0;
 		v = c->ops->line(c->pst, side, p, len, out);

@@ -617,7 +617,6 @@ static enum proto_verdict
 greeting(struct imap *s, const char *line, size_t len, size_t n,
     struct proto_out *out)
 {
-	enum proto_verdict v;
 	int swallow = (s->state == IMAP_SWALLOW);
 
 	s->state = IMAP_READY;
@@ -633,10 +632,7 @@ greeting(struct imap *s, const char *line, size_t len, size_t n,
 		s->authed = 1;
 		if (swallow)
 			return (PROTO_DROP);
-		v = status_rewrite(s, line, len, n, 10, out);
-		if (v != PROTO_CLOSE && ontls(s))
-			v = PROTO_PASSTHROUGH;
-		return (v);
+		return (status_rewrite(s, line, len, n, 10, out));
 	}
 	if (n >= 5 && proto_word_eq(line, 5, "* OK ")) {
 		if (swallow)
@@ -769,24 +765,26 @@ imap_backend(struct imap *s, const char *line, size_t len,
 	if (z)
 		s->ztaglen = 0;
 
+	/* Logged in: its [CAPABILITY] code must not offer STARTTLS. */
+	if (auth && proto_word_eq(line + w, we - w, "OK"))
+		s->authed = 1;
 	v = status_rewrite(s, line, len, n, we < n ? we + 1 : n, out);
 	if (v == PROTO_CLOSE) {
 		s->state = IMAP_DEAD;
 		out->len = 0;
 		return (v);
 	}
-	if (proto_word_eq(line + w, we - w, "OK")) {
-		if (auth)
-			s->authed = 1;
-		/*
-		 * Logged in on TLS: nothing more to rewrite.  After COMPRESS
-		 * nothing more can be parsed.
-		 */
-		if ((auth && ontls(s)) || z) {
-			if (v == PROTO_FORWARD)
-				out->len = 0;
-			return (PROTO_PASSTHROUGH);
-		}
+	/*
+	 * The session is parsed to its end, so that STARTTLS never reaches
+	 * the backend and is never offered again.  After COMPRESS nothing
+	 * can be parsed any more; COMPRESS is only allowed once
+	 * authenticated (RFC 4978), where the backend itself must refuse
+	 * STARTTLS (RFC 9051 6.2.1).
+	 */
+	if (z && proto_word_eq(line + w, we - w, "OK")) {
+		if (v == PROTO_FORWARD)
+			out->len = 0;
+		return (PROTO_PASSTHROUGH);
 	}
 	return (v);
 }
@@ -865,12 +863,24 @@ imap_strstate(const void *st)
 	}
 }
 
+static size_t
+imap_line_limit(const void *st, enum proto_side side)
+{
+	const struct imap *s = st;
+
+	/* Literal bytes come through raw() and do not count. */
+	if (side == PROTO_CLIENT && pretls(s))
+		return (IMAP_CMD_MAX);
+	return (IMAP_MAX_LINE);
+}
+
 const struct proto_ops proto_imap_ops = {
 	.name = "imap",
 	.state_size = sizeof(struct imap),
 	.max_line = IMAP_MAX_LINE,
 	.init = imap_init,
 	.raw = imap_raw,
+	.line_limit = imap_line_limit,
 	.line = imap_line,
 	.tls_ready = imap_tls_ready,
 	.strstate = imap_strstate,

@@ -328,12 +328,9 @@ pop3_backend(struct pop3 *s, const char *line, size_t len,
 		s->state = POP3_COMMAND;
 		/* FALLTHROUGH */
 	case POP3_C_PASS:
-		if (ok) {
+		/* Parsing goes on: STLS must never reach the backend. */
+		if (ok)
 			s->authed = 1;
-			/* Nothing is left to rewrite on a TLS session. */
-			if (ontls(s))
-				v = PROTO_PASSTHROUGH;
-		}
 		break;
 	default:
 		break;
@@ -393,12 +390,27 @@ pop3_strstate(const void *st)
 	}
 }
 
+static size_t
+pop3_line_limit(const void *st, enum proto_side side)
+{
+	const struct pop3 *s = st;
+
+	if (side == PROTO_CLIENT && pretls(s)) {
+		if (s->state == POP3_COMMAND)
+			return (POP3_CMD_MAX);
+		if (s->state == POP3_SASL)
+			return (POP3_SASL_MAX);
+	}
+	return (POP3_MAX_LINE);
+}
+
 const struct proto_ops proto_pop3_ops = {
 	.name = "pop3",
 	.state_size = sizeof(struct pop3),
 	.max_line = POP3_MAX_LINE,
 	.init = pop3_init,
 	.raw = pop3_raw,
+	.line_limit = pop3_line_limit,
 	.line = pop3_line,
 	.tls_ready = pop3_tls_ready,
 	.strstate = pop3_strstate,

@@ -522,12 +522,12 @@ smtp_backend(struct smtp *s, const char *line, size_t len,
 		break;
 	case SMTP_C_AUTH:
 		s->state = code == 334 ? SMTP_SASL : SMTP_COMMAND;
-		if (code == 235) {
+		/*
+		 * Parsing goes on after AUTH: a backend that does TLS itself
+		 * would offer and accept STARTTLS again.
+		 */
+		if (code == 235)
 			s->authed = 1;
-			/* Nothing is left to rewrite on a TLS session. */
-			if (ontls(s) && v == PROTO_FORWARD)
-				v = PROTO_PASSTHROUGH;
-		}
 		break;
 	default:
 		break;
@@ -591,12 +591,28 @@ smtp_strstate(const void *st)
 	}
 }
 
+static size_t
+smtp_line_limit(const void *st, enum proto_side side)
+{
+	const struct smtp *s = st;
+
+	if (side == PROTO_CLIENT && pretls(s)) {
+		if (s->state == SMTP_COMMAND)
+			return (s->require_tls ? SMTP_CMD_MAX :
+			    SMTP_CMD_MAX_OPEN);
+		if (s->state == SMTP_SASL)
+			return (SMTP_SASL_MAX);
+	}
+	return (SMTP_MAX_LINE);
+}
+
 const struct proto_ops proto_smtp_ops = {
 	.name = "smtp",
 	.state_size = sizeof(struct smtp),
 	.max_line = SMTP_MAX_LINE,
 	.init = smtp_init,
 	.raw = smtp_raw,
+	.line_limit = smtp_line_limit,
 	.line = smtp_line,
 	.tls_ready = smtp_tls_ready,
 	.strstate = smtp_strstate,

@@ -4,7 +4,8 @@
  *
  * Bytes from a side are appended to that side's input; then, as conn does:
  * raw() is asked first and that many bytes are passed on untouched; else one
- * line (ending in LF, at most max_line bytes, no NUL, or the connection
+ * line (ending in LF, at most max_line bytes, no NUL while the client is in
+ * plaintext, no unfinished line past line_limit, or the connection
  * closes) is given to line() and its verdict carried out.  A held client line
  * is offered again after the next backend line has been handled.  After
  * STARTTLS every client byte is discarded until tls_ready().  After
@@ -192,15 +193,22 @@ pdrv_step(struct pdrv *d, enum proto_side side)
 	}
 
 	lf = memchr(in->p, '\n', in->len);
+	len = lf != NULL ? (size_t)(lf - in->p) + 1 : in->len;
+	/* As conn: NUL closes only while the client is in plaintext. */
+	if (!d->opts.client_on_tls && !d->tls &&
+	    memchr(in->p, '\0', len) != NULL) {
+		pdrv_close(d);
+		return (0);
+	}
 	if (lf == NULL) {
-		if (in->len >= d->ops->max_line)
+		if (in->len >= d->ops->max_line ||
+		    in->len >= d->ops->line_limit(d->st, side))
 			pdrv_close(d);
 		return (0);
 	}
-	len = (size_t)(lf - in->p) + 1;
 	if (side == PROTO_CLIENT)
 		d->reoffer = 0;
-	if (len > d->ops->max_line || memchr(in->p, '\0', len) != NULL) {
+	if (len > d->ops->max_line) {
 		pdrv_close(d);
 		return (0);
 	}

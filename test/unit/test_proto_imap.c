@@ -217,7 +217,11 @@ test_starttls(void **state)
 	TO_BACKEND("c CAPABILITY\r\ne LOGIN user pass\r\n");
 	B("e OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] Logged in\r\n");
 	TO_CLIENT("e OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n");
-	assert_true(d.passthrough);
+	/* Parsed to the end: STARTTLS never reaches the backend. */
+	assert_false(d.passthrough);
+	C("f STARTTLS\r\n");
+	TO_CLIENT("f BAD TLS already active\r\n");
+	TO_BACKEND("");
 }
 
 static void
@@ -387,9 +391,10 @@ test_authenticate(void **state)
 	TO_BACKEND("b STARTTLS\r\n");
 	B("a OK [CAPABILITY IMAP4rev1 STARTTLS] Logged in\r\n");
 	TO_CLIENT("+ \r\na OK [CAPABILITY IMAP4rev1] Logged in\r\n");
-	assert_true(d.passthrough);
+	assert_false(d.passthrough);
 	C("c STARTTLS\r\n");
-	TO_BACKEND("c STARTTLS\r\n");
+	TO_CLIENT("c BAD TLS already active\r\n");
+	TO_BACKEND("");
 }
 
 static void

@@ -167,7 +167,11 @@ test_stls_ordering(void **state)
 	assert_false(d.passthrough);
 	B("+OK Logged in.\r\n");
 	TO_CLIENT("+OK\r\n+OK Logged in.\r\n");
-	assert_true(d.passthrough);
+	/* Parsed to the end: STLS never reaches the backend. */
+	assert_false(d.passthrough);
+	C("STLS\r\n");
+	TO_CLIENT("-ERR TLS already active\r\n");
+	TO_BACKEND("");
 }
 
 static void
@@ -227,7 +231,10 @@ test_auth_sasl(void **state)
 	TO_BACKEND("STLS\r\n");
 	B("+OK Logged in.\r\n");
 	TO_CLIENT("+ \r\n+OK Logged in.\r\n");
-	assert_true(d.passthrough);
+	assert_false(d.passthrough);
+	C("STLS\r\n");
+	TO_CLIENT("-ERR TLS already active\r\n");
+	TO_BACKEND("");
 }
 
 static void

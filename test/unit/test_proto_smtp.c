@@ -433,7 +433,7 @@ test_bdat_before_tls(void **state)
 }
 
 static void
-test_auth_passthrough_on_tls(void **state)
+test_auth_then_starttls_refused_on_tls(void **state)
 {
 
 	(void)state;
@@ -451,9 +451,14 @@ test_auth_passthrough_on_tls(void **state)
 	B("235 2.7.0 Authentication successful\r\n");
 	TO_CLIENT("334 UGFzc3dvcmQ6\r\n"
 	    "235 2.7.0 Authentication successful\r\n");
-	assert_true(d.passthrough);
+	/* Parsed to the end: STARTTLS never reaches the backend. */
+	assert_false(d.passthrough);
+	C("EHLO again\r\n");
+	B("250-mx\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n");
+	TO_CLIENT("250-mx\r\n250 AUTH PLAIN\r\n");
 	C("STARTTLS\r\n");
-	TO_BACKEND("STARTTLS\r\n");
+	TO_CLIENT("503 5.5.1 Error: TLS already active\r\n");
+	TO_BACKEND("EHLO again\r\n");
 }
 
 static void
@@ -634,7 +639,7 @@ main(void)
 		cmocka_unit_test_teardown(test_bdat_syntax, teardown),
 		cmocka_unit_test_teardown(test_bdat_before_tls, teardown),
 		cmocka_unit_test_teardown(test_bdat_binary, teardown),
-		cmocka_unit_test_teardown(test_auth_passthrough_on_tls,
+		cmocka_unit_test_teardown(test_auth_then_starttls_refused_on_tls,
 		    teardown),
 		cmocka_unit_test_teardown(test_auth_cancel, teardown),
 		cmocka_unit_test_teardown(test_long_line_before_tls, teardown),
