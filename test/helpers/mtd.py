@@ -1093,10 +1093,19 @@ class FakeBackend:
 
     def close(self):
         self._stop = True
+        # close() alone does not wake a thread blocked in accept(): it
+        # would take a connection meant for a later backend that got the
+        # same descriptor number.  shutdown() wakes it; then wait for it.
+        try:
+            self.lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.lsock.close()
         except OSError:
             pass
+        if threading.current_thread() is not self._acceptor:
+            self._acceptor.join(5)
         for c in list(self.conns):
             try:
                 c.sock.shutdown(socket.SHUT_RDWR)
