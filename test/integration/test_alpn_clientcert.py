@@ -49,30 +49,8 @@ def config(listeners, **glob):
     return cfg
 
 
-def fake_backend(handler, tc=None, **kw):
-    """mtd.FakeBackend, whose acceptor thread is really stopped at the end.
-
-    Work-around for the shared harness (reported, not edited here):
-    FakeBackend.close() only close()s its listening socket, which does not
-    wake a thread blocked in accept() on it; that stale acceptor was seen to
-    accept -- and, being stopped, at once close -- connections meant for a
-    *later* FakeBackend whose listening socket reused the descriptor number
-    (mailtlsd then sees its backend close right after connecting).
-    shutdown() wakes accept() on Linux; the thread is joined before the
-    descriptor can be reused."""
-    b = FakeBackend(handler, tc=tc, **kw)
-    if tc is not None:
-        tc.addCleanup(stop_acceptor, b)     # runs before b.close()
-    return b
 
 
-def stop_acceptor(b):
-    b._stop = True
-    try:
-        b.lsock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    b._acceptor.join(10)
 
 
 _KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -136,7 +114,7 @@ class Attempt:
 
 def backend_for(protocol, tc):
     greeting, bye, reply = PROTOCOLS[protocol]
-    return fake_backend(FakeBackend.lines(greeting, [(bye, reply)]), tc=tc)
+    return FakeBackend(FakeBackend.lines(greeting, [(bye, reply)]), tc=tc)
 
 
 class Alpn(unittest.TestCase):
@@ -156,7 +134,7 @@ class Alpn(unittest.TestCase):
             lst["%s-off" % p] = listener(p, cls.backends[p].addr,
                                          cls.off[p], alpn="off")
         # STARTTLS on smtp: the same rule for the upgraded connection
-        cls.st_backend = fake_backend(FakeBackend.lines(
+        cls.st_backend = FakeBackend(FakeBackend.lines(
             PROTOCOLS["smtp"][0],
             [(b"EHLO", b"250-fake.example.test\r\n250 PIPELINING\r\n"),
              (b"QUIT", PROTOCOLS["smtp"][2])]))
@@ -169,7 +147,6 @@ class Alpn(unittest.TestCase):
     def tearDownClass(cls):
         rc = cls.d.stop()
         for b in list(cls.backends.values()) + [cls.st_backend]:
-            stop_acceptor(b)
             b.close()
         if rc != 0:
             raise AssertionError("mailtlsd exited %r:\n%s" % (rc, cls.d.log))
@@ -317,7 +294,6 @@ class ClientCertificates(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         rc = cls.d.stop()
-        stop_acceptor(cls.b)
         cls.b.close()
         if rc != 0:
             raise AssertionError("mailtlsd exited %r:\n%s" % (rc, cls.d.log))

@@ -44,30 +44,8 @@ def config(listeners, **glob):
     return cfg
 
 
-def fake_backend(handler, tc=None, **kw):
-    """mtd.FakeBackend, whose acceptor thread is really stopped at the end.
-
-    Work-around for the shared harness (reported, not edited here):
-    FakeBackend.close() only close()s its listening socket, which does not
-    wake a thread blocked in accept() on it; that stale acceptor was seen to
-    accept -- and, being stopped, at once close -- connections meant for a
-    *later* FakeBackend whose listening socket reused the descriptor number
-    (mailtlsd then sees its backend close right after connecting).
-    shutdown() wakes accept() on Linux; the thread is joined before the
-    descriptor can be reused."""
-    b = FakeBackend(handler, tc=tc, **kw)
-    if tc is not None:
-        tc.addCleanup(stop_acceptor, b)     # runs before b.close()
-    return b
 
 
-def stop_acceptor(b):
-    b._stop = True
-    try:
-        b.lsock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    b._acceptor.join(10)
 
 
 def status_fields(path):
@@ -112,7 +90,7 @@ class PrivilegeDrop(unittest.TestCase):
         allowed_groups = {gid} | {g.gr_gid for g in grp.getgrall()
                                   if self.USER in g.gr_mem}
 
-        b = fake_backend(FakeBackend.greet_echo(GREETING), tc=self)
+        b = FakeBackend(FakeBackend.greet_echo(GREETING), tc=self)
         low = self.low_port()
         high = free_port()
         d = Mailtlsd(config({
@@ -215,7 +193,7 @@ class SessionTickets(unittest.TestCase):
     VERSIONS = ("TLSv1_3", "TLSv1_2")
 
     def setUp(self):
-        self.b = fake_backend(FakeBackend.greet_echo(GREETING), tc=self)
+        self.b = FakeBackend(FakeBackend.greet_echo(GREETING), tc=self)
         self.dir = mtd.tempdir("mtd-tickets-")
 
     def ctx(self, version):

@@ -74,30 +74,8 @@ def config(listeners, **glob):
     return cfg
 
 
-def fake_backend(handler, tc=None, **kw):
-    """mtd.FakeBackend, whose acceptor thread is really stopped at the end.
-
-    Work-around for the shared harness (reported, not edited here):
-    FakeBackend.close() only close()s its listening socket, which does not
-    wake a thread blocked in accept() on it; that stale acceptor was seen to
-    accept -- and, being stopped, at once close -- connections meant for a
-    *later* FakeBackend whose listening socket reused the descriptor number
-    (mailtlsd then sees its backend close right after connecting).
-    shutdown() wakes accept() on Linux; the thread is joined before the
-    descriptor can be reused."""
-    b = FakeBackend(handler, tc=tc, **kw)
-    if tc is not None:
-        tc.addCleanup(stop_acceptor, b)     # runs before b.close()
-    return b
 
 
-def stop_acceptor(b):
-    b._stop = True
-    try:
-        b.lsock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    b._acceptor.join(10)
 
 
 _KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -601,7 +579,7 @@ class HeaderBytes(unittest.TestCase):
     GREETING = b"220 fake.example.test ESMTP\r\n"
 
     def start(self, version, host=LOOPBACK, **kw):
-        self.b = fake_backend(pp_backend(self.GREETING), host=host,
+        self.b = FakeBackend(pp_backend(self.GREETING), host=host,
                               tc=self)
         self.port = free_port(host)
         listen = ("[%s]:%d" if ":" in host else "%s:%d") % (host, self.port)
@@ -730,7 +708,7 @@ class StarttlsHeaders(unittest.TestCase):
     design point 4), and each starts with its header."""
 
     def test_v2_ssl_tlv_only_after_starttls(self):
-        b = fake_backend(pp_backend(b"220 fake.example.test ESMTP\r\n"),
+        b = FakeBackend(pp_backend(b"220 fake.example.test ESMTP\r\n"),
                          tc=self)
         port = free_port()
         d = Mailtlsd(config({"st": listener(
@@ -786,7 +764,7 @@ class AcceptProxy(unittest.TestCase):
     GREETING = b"220 fake.example.test ESMTP\r\n"
 
     def start(self, accept="127.0.0.1/32", out="v1", **kw):
-        self.b = fake_backend(pp_backend(self.GREETING), tc=self)
+        self.b = FakeBackend(pp_backend(self.GREETING), tc=self)
         self.port = free_port()
         lkw = {"proxy_protocol": out, "handshake_timeout": "30s"}
         if accept:
