@@ -109,6 +109,19 @@ tlsio_new(unsigned int flags, tlsio_push_fn *push, void *arg)
 	return (t);
 }
 
+/* client_verify = optional: no certificate is fine, a bad one is not. */
+static int
+verify_if_presented(gnutls_session_t s)
+{
+	unsigned int n = 0, status = 0;
+
+	if (gnutls_certificate_get_peers(s, &n) == NULL || n == 0)
+		return (0);
+	if (gnutls_certificate_verify_peers2(s, &status) < 0 || status != 0)
+		return (GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR);
+	return (0);
+}
+
 /**
  * tlsio_server_new(ctx, push, arg):
  * Make a server session using ${ctx}'s current credentials (a reference is
@@ -138,11 +151,15 @@ tlsio_server_new(const struct tlsio_server_ctx *ctx, tlsio_push_fn *push,
 	}
 	if (ctx->ticket != NULL && ticket_enable(ctx->ticket, t->s) < 0)
 		goto err1;
-	if (ctx->verify != CONFIG_VERIFY_NONE) {
+	if (ctx->verify == CONFIG_VERIFY_REQUIRED) {
 		gnutls_certificate_server_set_request(t->s,
-		    ctx->verify == CONFIG_VERIFY_REQUIRED ?
-		    GNUTLS_CERT_REQUIRE : GNUTLS_CERT_REQUEST);
+		    GNUTLS_CERT_REQUIRE);
 		gnutls_session_set_verify_cert(t->s, NULL, 0);
+	} else if (ctx->verify == CONFIG_VERIFY_OPTIONAL) {
+		/* set_verify_cert would also fail a client that sends none. */
+		gnutls_certificate_server_set_request(t->s,
+		    GNUTLS_CERT_REQUEST);
+		gnutls_session_set_verify_function(t->s, verify_if_presented);
 	}
 	return (t);
 
