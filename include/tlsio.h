@@ -102,7 +102,8 @@ void tlsio_bye(struct tlsio *);
 
 /**
  * tlsio_strerror(t):
- * Why the session failed, for logs.
+ * Why the session failed, for logs; the text is valid until the next call
+ * in the same thread.
  */
 const char *tlsio_strerror(const struct tlsio *);
 
@@ -114,7 +115,8 @@ const char *tlsio_strerror(const struct tlsio *);
 const char *tlsio_fail_reason(const struct tlsio *);
 
 /* Facts about an established session, for logs and the PROXY header. */
-const char *tlsio_sni(const struct tlsio *);		/* "" if none */
+const char *tlsio_sni(const struct tlsio *);	/* "" if none; valid until
+							   the next call */
 const char *tlsio_version(const struct tlsio *);
 const char *tlsio_cipher(const struct tlsio *);
 const char *tlsio_alpn(const struct tlsio *);		/* "" if none */

@@ -19,7 +19,7 @@ struct conn;
 struct metrics;
 
 /* Bytes read from a socket in one go; also the per-worker scratch size. */
-#define WORKER_READ_CHUNK	(64 * 1024)
+#define WORKER_READ_CHUNK	(256 * 1024)
 
 struct worker_accept;
 

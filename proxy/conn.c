@@ -89,6 +89,15 @@ static const char *const phase_names[] = {
 	"closing",
 };
 
+/*
+ * What a PROXY header toward the backend says; kept (256 bytes) only on
+ * listeners that send one.
+ */
+struct conn_addrs {
+	struct sockaddr_storage	 peer;		/* the client, from PROXY if any */
+	struct sockaddr_storage	 local;		/* where it connected to */
+};
+
 struct conn {
 	struct worker		*w;
 	struct listener		*l;
@@ -122,13 +131,18 @@ struct conn {
 	const char		*reason;
 	char			 detail[192];
 	char			 peer[INET6_ADDRSTRLEN + 8];
-	struct sockaddr_storage	 peer_ss;	/* the client, from PROXY if any */
-	struct sockaddr_storage	 local_ss;	/* where it connected to */
-	char			 sni[256];
-	char			 version[16];
-	char			 cipher[48];
-	char			 subject[256];
-	char			 cn[128];
+	struct conn_addrs	*addrs;		/* NULL: no PROXY header to send */
+	/*
+	 * What the client's TLS session said, for logs and the PROXY header.
+	 * Names are kept on the heap only when there are any (most sessions
+	 * have a short SNI and no certificate): an idle connection should not
+	 * carry 640 empty bytes.  NULL means none.
+	 */
+	char			*sni;
+	char			*subject;	/* the verified client cert's DN */
+	char			*cn;
+	const char		*version;	/* GnuTLS's own static names */
+	const char		*cipher;
 };
 
 static void	side_read_start(struct side *);
@@ -148,6 +162,27 @@ static void	backend_unavailable(struct conn *, const char *);
 static void	backend_ready(struct conn *, struct side *);
 static void	backend_dialogue(struct conn *, struct side *, const char *,
 		    size_t);
+
+/* "" for a name that is not there. */
+static const char *
+nz(const char *s)
+{
+
+	return (s != NULL ? s : "");
+}
+
+/* A heap copy of ${s}, or NULL if it is empty; sets *${nomem} on ENOMEM. */
+static char *
+keep_str(const char *s, int *nomem)
+{
+	char *p;
+
+	if (s[0] == '\0')
+		return (NULL);
+	if ((p = strdup(s)) == NULL)
+		*nomem = 1;
+	return (p);
+}
 
 static void
 count(const struct conn *c, enum metric m, int64_t n)
@@ -348,7 +383,14 @@ update_reading(struct conn *c)
 		rc = 1;
 		break;
 	case CONN_CONNECTING:
-		/* Nothing more from the client until the backend is there. */
+		/*
+		 * Before TLS, nothing more from the client until the backend is
+		 * there.  Once the client is on TLS, what it says waits for the
+		 * backend (bounded like a write queue) as if it had come with
+		 * its Finished: not pausing saves re-arming the socket.
+		 */
+		rc = c->client_tls_up && !c->hold &&
+		    (b == NULL || b->queued < SIDE_HWM);
 		break;
 	case CONN_BACKEND_STARTTLS:
 	case CONN_BACKEND_TLS:
@@ -481,10 +523,10 @@ log_close(struct conn *c)
 	f[n++] = LOG_STR("client", c->peer);
 	f[n++] = LOG_STR("proto", config_proto_name(c->lc->protocol));
 	f[n++] = LOG_STR("starttls", c->starttls_used ? "yes" : "no");
-	f[n++] = LOG_STR("sni", c->sni);
-	f[n++] = LOG_STR("tls_version", c->version);
-	f[n++] = LOG_STR("cipher", c->cipher);
-	f[n++] = LOG_STR("client_cert", c->subject);
+	f[n++] = LOG_STR("sni", nz(c->sni));
+	f[n++] = LOG_STR("tls_version", nz(c->version));
+	f[n++] = LOG_STR("cipher", nz(c->cipher));
+	f[n++] = LOG_STR("client_cert", nz(c->subject));
 	f[n++] = LOG_NUM("bytes_in", to_backend);
 	f[n++] = LOG_NUM("bytes_out", c->backend_bytes);
 	f[n++] = LOG_NUM("duration_ms", now_ms(c) - c->t_start);
@@ -522,6 +564,10 @@ conn_free(struct conn *c)
 		if (c->next != NULL)
 			c->next->prev = c->prev;
 	}
+	free(c->sni);
+	free(c->subject);
+	free(c->cn);
+	free(c->addrs);
 	free(c->pst);
 	free(c);
 	if (listed)
@@ -765,6 +811,8 @@ static void
 client_tls_ready(struct conn *c)
 {
 	struct tlsio *t = c->client.tls;
+	char buf[256];
+	int nomem = 0;
 
 	c->hs_done = 1;
 	c->client_tls_up = 1;
@@ -772,14 +820,20 @@ client_tls_ready(struct conn *c)
 	if (c->starttls_used)
 		count(c, METRIC_STARTTLS, 1);
 	c->hs_deadline = 0;
-	snprintf(c->sni, sizeof(c->sni), "%s", tlsio_sni(t));
-	snprintf(c->version, sizeof(c->version), "%s", tlsio_version(t));
-	snprintf(c->cipher, sizeof(c->cipher), "%s", tlsio_cipher(t));
-	tlsio_peer_subject(t, c->subject, sizeof(c->subject));
-	tlsio_peer_cn(t, c->cn, sizeof(c->cn));
+	c->version = tlsio_version(t);
+	c->cipher = tlsio_cipher(t);
+	c->sni = keep_str(tlsio_sni(t), &nomem);
+	tlsio_peer_subject(t, buf, sizeof(buf));
+	c->subject = keep_str(buf, &nomem);
+	tlsio_peer_cn(t, buf, sizeof(buf));
+	c->cn = keep_str(buf, &nomem);
+	if (nomem) {
+		finish(c, "no_memory");
+		return;
+	}
 	if (log_enabled(CONFIG_LOG_DEBUG))
 		log_fields(CONFIG_LOG_DEBUG, "handshake", (struct log_field[]){
-		    LOG_NUM("conn", c->id), LOG_STR("sni", c->sni),
+		    LOG_NUM("conn", c->id), LOG_STR("sni", nz(c->sni)),
 		    LOG_STR("tls_version", c->version),
 		    LOG_STR("cipher", c->cipher),
 		    LOG_STR("alpn", tlsio_alpn(t)),
@@ -1358,9 +1412,13 @@ send_proxy_header(struct conn *c, struct side *b)
 {
 	unsigned char buf[PROXYPROTO_MAX];
 	struct proxyproto_tls ti, *tip = NULL;
-	const struct sockaddr *src = (const void *)&c->peer_ss;
-	const struct sockaddr *dst = (const void *)&c->local_ss;
+	const struct sockaddr *src, *dst;
 	ssize_t n;
+
+	if (c->addrs == NULL)
+		return (-1);
+	src = (const void *)&c->addrs->peer;
+	dst = (const void *)&c->addrs->local;
 
 	if (c->lc->proxy_protocol == CONFIG_PP_V1)
 		n = proxyproto_v1(src, dst, (char *)buf, sizeof(buf));
@@ -1368,13 +1426,13 @@ send_proxy_header(struct conn *c, struct side *b)
 		if (c->client_tls_up) {
 			memset(&ti, 0, sizeof(ti));
 			ti.client_tls = 1;
-			ti.cert_conn = c->subject[0] != '\0';
-			ti.cert_verified = c->subject[0] != '\0';
-			ti.sni = c->sni;
+			ti.cert_conn = c->subject != NULL;
+			ti.cert_verified = c->subject != NULL;
+			ti.sni = nz(c->sni);
 			ti.alpn = tlsio_alpn(c->client.tls);
-			ti.version = c->version;
-			ti.cipher = c->cipher;
-			ti.cn = c->cn;
+			ti.version = nz(c->version);
+			ti.cipher = nz(c->cipher);
+			ti.cn = nz(c->cn);
 			tip = &ti;
 		}
 		n = proxyproto_v2(src, dst, tip, buf, sizeof(buf));
@@ -1545,9 +1603,12 @@ proxy_header(struct conn *c, const char *data, size_t len)
 		return;
 	}
 	if (!h.local) {
-		memcpy(&c->peer_ss, &h.src, sizeof(c->peer_ss));
-		memcpy(&c->local_ss, &h.dst, sizeof(c->local_ss));
-		format_peer((const struct sockaddr *)&c->peer_ss, c->peer,
+		if (c->addrs != NULL) {
+			memcpy(&c->addrs->peer, &h.src, sizeof(c->addrs->peer));
+			memcpy(&c->addrs->local, &h.dst,
+			    sizeof(c->addrs->local));
+		}
+		format_peer((const struct sockaddr *)&h.src, c->peer,
 		    sizeof(c->peer));
 	}
 	/* The rest is the client's own: hand it on, from a copy. */
@@ -1613,6 +1674,9 @@ conn_start(struct worker *w, struct listener *l, int fd,
 		c->ops->init(c->pst, &po);
 		c->parsing = 1;
 	}
+	if (lc->proxy_protocol != CONFIG_PP_NONE &&
+	    (c->addrs = calloc(1, sizeof(*c->addrs))) == NULL)
+		goto err2;
 	if (uv_tcp_init(&w->loop, &c->client.u.tcp) < 0)
 		goto err2;
 	c->client.u.h.data = &c->client;
@@ -1626,7 +1690,7 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	}
 	c->client.open = 1;
 	c->nhandles = 1;
-	(void)uv_tcp_nodelay(&c->client.u.tcp, 1);
+	/* TCP_NODELAY comes from the listening socket (worker.c). */
 	if (uv_timer_init(&w->loop, &c->timer) < 0)
 		goto err3;
 	c->timer.data = c;
@@ -1642,12 +1706,15 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	count(c, METRIC_CONN_ACTIVE, 1);
 	atomic_fetch_add(&l->nconns, 1);
 
-	memcpy(&c->peer_ss, peer, peerlen < sizeof(c->peer_ss) ? peerlen :
-	    sizeof(c->peer_ss));
-	sslen = sizeof(c->local_ss);
-	if (uv_tcp_getsockname(&c->client.u.tcp, (struct sockaddr *)&c->local_ss,
-	    &sslen) < 0)
-		memset(&c->local_ss, 0, sizeof(c->local_ss));
+	/* Who and where matter only to a PROXY header. */
+	if (c->addrs != NULL) {
+		memcpy(&c->addrs->peer, peer, peerlen < sizeof(c->addrs->peer) ?
+		    peerlen : sizeof(c->addrs->peer));
+		sslen = sizeof(c->addrs->local);
+		if (uv_tcp_getsockname(&c->client.u.tcp,
+		    (struct sockaddr *)&c->addrs->local, &sslen) < 0)
+			memset(&c->addrs->local, 0, sizeof(c->addrs->local));
+	}
 	if (trusted_proxy(lc, peer)) {
 		/* A load balancer in front: its header says who the client is. */
 		c->phase = CONN_PROXY_HDR;
@@ -1668,6 +1735,7 @@ err3:
 	uv_close(&c->client.u.h, side_close_cb);
 	return (-1);
 err2:
+	free(c->addrs);
 	free(c->pst);
 err1:
 	free(c);

@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +21,16 @@ struct tlsio {
 	size_t			 inlen;
 	int			 err;		/* last GnuTLS error */
 	int			 bye_sent;
-	char			 msg[256];	/* tlsio_strerror's text */
-	char			 sni[256];
+	int			 push_failed;	/* the owner refused bytes */
 };
+
+/*
+ * Texts handed out by tlsio_strerror() and tlsio_sni(): per thread rather
+ * than per session, since every open session would carry them otherwise
+ * and callers copy them at once.
+ */
+static __thread char msgbuf[256];
+static __thread char snibuf[256];
 
 static ssize_t
 pull_fn(gnutls_transport_ptr_t p, void *buf, size_t len)
@@ -41,41 +49,104 @@ pull_fn(gnutls_transport_ptr_t p, void *buf, size_t len)
 	return ((ssize_t)len);
 }
 
-static ssize_t
-push_fn(gnutls_transport_ptr_t p, const void *buf, size_t len)
-{
-	struct tlsio *t = p;
+/*
+ * Ciphertext that one call into a session produces (a handshake flight, the
+ * records of one tlsio_send) is gathered here and handed to the owner in a
+ * single push at the end of the call: one write(2), one TCP segment train
+ * and one wake-up of the peer, rather than one per record.  Per thread: a
+ * session is only driven by its worker's thread, and every call flushes
+ * before it returns.  Allocated on first use, freed when the thread ends.
+ */
+#define STAGE_SIZE	(256 * 1024)
 
-	if (t->push(t->arg, buf, len) != 0) {
-		gnutls_transport_set_errno(t->s, EPIPE);
+static __thread unsigned char *stage;
+static __thread size_t stagelen;
+static __thread struct tlsio *stage_owner;
+static pthread_key_t stage_key;
+static pthread_once_t stage_once = PTHREAD_ONCE_INIT;
+
+static void
+stage_key_make(void)
+{
+
+	(void)pthread_key_create(&stage_key, free);
+}
+
+static int
+stage_alloc(void)
+{
+
+	(void)pthread_once(&stage_once, stage_key_make);
+	if ((stage = malloc(STAGE_SIZE)) == NULL)
+		return (-1);
+	(void)pthread_setspecific(stage_key, stage);
+	return (0);
+}
+
+/* Hand what ${t} has staged to its owner.  Return 0 or -1. */
+static int
+stage_flush(struct tlsio *t)
+{
+	size_t n = stagelen;
+
+	if (n == 0 || stage_owner != t)
+		return (t->push_failed ? -1 : 0);
+	stagelen = 0;
+	if (t->push(t->arg, stage, n) != 0) {
+		t->push_failed = 1;
 		return (-1);
 	}
-	return ((ssize_t)len);
+	return (0);
 }
 
 static ssize_t
 vec_push_fn(gnutls_transport_ptr_t p, const giovec_t *iov, int iovcnt)
 {
 	struct tlsio *t = p;
-	ssize_t total = 0;
+	size_t total = 0;
 	int i;
 
-	/* One record comes as header + body: queue them as one write. */
-	if (iovcnt == 2 && iov[0].iov_len + iov[1].iov_len <= 32 * 1024) {
-		unsigned char buf[32 * 1024];
-
-		memcpy(buf, iov[0].iov_base, iov[0].iov_len);
-		memcpy(buf + iov[0].iov_len, iov[1].iov_base, iov[1].iov_len);
-		return (push_fn(p, buf, iov[0].iov_len + iov[1].iov_len));
+	if (t->push_failed) {
+		gnutls_transport_set_errno(t->s, EPIPE);
+		return (-1);
 	}
+	for (i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	if (stage == NULL && stage_alloc() < 0)
+		goto direct;
+	/* Every call flushes before it returns, so this is only a guard. */
+	if (stage_owner != t && stagelen > 0)
+		(void)stage_flush(stage_owner);
+	stage_owner = t;
+	if (stagelen + total > STAGE_SIZE && stage_flush(t) != 0)
+		goto fail;
+	if (total > STAGE_SIZE)
+		goto direct;
 	for (i = 0; i < iovcnt; i++) {
-		if (t->push(t->arg, iov[i].iov_base, iov[i].iov_len) != 0) {
-			gnutls_transport_set_errno(t->s, EPIPE);
-			return (-1);
-		}
-		total += (ssize_t)iov[i].iov_len;
+		memcpy(stage + stagelen, iov[i].iov_base, iov[i].iov_len);
+		stagelen += iov[i].iov_len;
 	}
-	return (total);
+	return ((ssize_t)total);
+
+direct:
+	for (i = 0; i < iovcnt; i++)
+		if (t->push(t->arg, iov[i].iov_base, iov[i].iov_len) != 0)
+			goto fail;
+	return ((ssize_t)total);
+fail:
+	t->push_failed = 1;
+	gnutls_transport_set_errno(t->s, EPIPE);
+	return (-1);
+}
+
+static ssize_t
+push_fn(gnutls_transport_ptr_t p, const void *buf, size_t len)
+{
+	giovec_t iov;
+
+	iov.iov_base = (void *)(uintptr_t)buf;
+	iov.iov_len = len;
+	return (vec_push_fn(p, &iov, 1));
 }
 
 static int
@@ -214,6 +285,10 @@ tlsio_free(struct tlsio *t)
 
 	if (t == NULL)
 		return;
+	if (stage_owner == t) {
+		stagelen = 0;
+		stage_owner = NULL;
+	}
 	gnutls_deinit(t->s);
 	/* Only now may the credentials go: the session pointed at them. */
 	certs_unref(t->certs);
@@ -248,27 +323,28 @@ tlsio_handshake(struct tlsio *t)
 		rc = gnutls_handshake(t->s);
 	while (rc < 0 && !gnutls_error_is_fatal(rc) &&
 	    (rc != GNUTLS_E_AGAIN || t->inlen > 0));
-	if (rc == GNUTLS_E_SUCCESS)
-		return (0);
-	if (rc == GNUTLS_E_AGAIN)
-		return (TLSIO_AGAIN);
-	t->err = rc;
-	/* A proper alert (protocol_version, handshake_failure, ...) tells the
-	 * client why, rather than a bare reset. */
-	if (rc != GNUTLS_E_PUSH_ERROR && rc != GNUTLS_E_PREMATURE_TERMINATION &&
-	    rc != GNUTLS_E_WARNING_ALERT_RECEIVED &&
-	    rc != GNUTLS_E_FATAL_ALERT_RECEIVED)
-		(void)gnutls_alert_send_appropriate(t->s, rc);
-	return (TLSIO_FAIL);
+	if (rc != GNUTLS_E_SUCCESS && rc != GNUTLS_E_AGAIN) {
+		t->err = rc;
+		/* A proper alert (protocol_version, handshake_failure, ...)
+		 * tells the client why, rather than a bare reset. */
+		if (rc != GNUTLS_E_PUSH_ERROR &&
+		    rc != GNUTLS_E_PREMATURE_TERMINATION &&
+		    rc != GNUTLS_E_WARNING_ALERT_RECEIVED &&
+		    rc != GNUTLS_E_FATAL_ALERT_RECEIVED)
+			(void)gnutls_alert_send_appropriate(t->s, rc);
+		(void)stage_flush(t);
+		return (TLSIO_FAIL);
+	}
+	/* The whole flight goes out in one write. */
+	if (stage_flush(t) < 0) {
+		t->err = GNUTLS_E_PUSH_ERROR;
+		return (TLSIO_FAIL);
+	}
+	return (rc == GNUTLS_E_SUCCESS ? 0 : TLSIO_AGAIN);
 }
 
-/**
- * tlsio_recv(t, buf, len):
- * Decrypt into ${buf}.  Return the number of bytes (> 0), 0 when the peer
- * sent close_notify, TLSIO_AGAIN, or TLSIO_FAIL.
- */
-ssize_t
-tlsio_recv(struct tlsio *t, void *buf, size_t len)
+static ssize_t
+recv_records(struct tlsio *t, void *buf, size_t len)
 {
 	ssize_t n;
 
@@ -299,6 +375,23 @@ tlsio_recv(struct tlsio *t, void *buf, size_t len)
 }
 
 /**
+ * tlsio_recv(t, buf, len):
+ * Decrypt into ${buf}.  Return the number of bytes (> 0), 0 when the peer
+ * sent close_notify, TLSIO_AGAIN, or TLSIO_FAIL.
+ */
+ssize_t
+tlsio_recv(struct tlsio *t, void *buf, size_t len)
+{
+	ssize_t n;
+
+	n = recv_records(t, buf, len);
+	/* An alert or a key update answered meanwhile goes out now; a write
+	 * that fails marks the owner's side, which the owner checks. */
+	(void)stage_flush(t);
+	return (n);
+}
+
+/**
  * tlsio_send(t, data, len):
  * Encrypt ${len} bytes and push them.  Return 0 or -1.
  */
@@ -314,10 +407,16 @@ tlsio_send(struct tlsio *t, const void *data, size_t len)
 			continue;
 		if (n < 0) {
 			t->err = (int)n;
+			(void)stage_flush(t);
 			return (-1);
 		}
 		p += n;
 		len -= (size_t)n;
+	}
+	/* All the records of this call go out in one write. */
+	if (stage_flush(t) < 0) {
+		t->err = GNUTLS_E_PUSH_ERROR;
+		return (-1);
 	}
 	return (0);
 }
@@ -334,35 +433,35 @@ tlsio_bye(struct tlsio *t)
 		return;
 	t->bye_sent = 1;
 	(void)gnutls_bye(t->s, GNUTLS_SHUT_WR);
+	(void)stage_flush(t);
 }
 
 /**
  * tlsio_strerror(t):
- * Why the session failed, for logs.
+ * Why the session failed, for logs; the text is valid until the next call
+ * in the same thread.
  */
 const char *
 tlsio_strerror(const struct tlsio *t)
 {
-
-	struct tlsio *m = (struct tlsio *)(uintptr_t)t;
 	gnutls_datum_t why;
 	unsigned int status;
 
 	if (t->err == GNUTLS_E_FATAL_ALERT_RECEIVED ||
 	    t->err == GNUTLS_E_WARNING_ALERT_RECEIVED) {
-		snprintf(m->msg, sizeof(m->msg), "alert received: %s",
+		snprintf(msgbuf, sizeof(msgbuf), "alert received: %s",
 		    gnutls_alert_get_name(gnutls_alert_get(t->s)));
-		return (m->msg);
+		return (msgbuf);
 	}
 	if (t->err == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
 		status = gnutls_session_get_verify_cert_status(t->s);
 		if (gnutls_certificate_verification_status_print(status,
 		    GNUTLS_CRT_X509, &why, 0) >= 0) {
-			snprintf(m->msg, sizeof(m->msg), "certificate "
+			snprintf(msgbuf, sizeof(msgbuf), "certificate "
 			    "verification failed: %.*s", (int)why.size,
 			    (const char *)why.data);
 			gnutls_free(why.data);
-			return (m->msg);
+			return (msgbuf);
 		}
 	}
 	return (t->err != 0 ? gnutls_strerror(t->err) : "");
@@ -395,16 +494,13 @@ tlsio_fail_reason(const struct tlsio *t)
 const char *
 tlsio_sni(const struct tlsio *t)
 {
-	struct tlsio *m = (struct tlsio *)(uintptr_t)t;
-	size_t len = sizeof(m->sni) - 1;
+	size_t len = sizeof(snibuf) - 1;
 	unsigned int type;
 
-	if (m->sni[0] != '\0')
-		return (m->sni);
-	if (gnutls_server_name_get(m->s, m->sni, &len, &type, 0) < 0 ||
+	if (gnutls_server_name_get(t->s, snibuf, &len, &type, 0) < 0 ||
 	    type != GNUTLS_NAME_DNS)
-		m->sni[0] = '\0';
-	return (m->sni);
+		snibuf[0] = '\0';
+	return (snibuf);
 }
 
 const char *

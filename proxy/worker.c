@@ -1,6 +1,8 @@
 #include <sys/socket.h>
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -148,6 +150,7 @@ worker_new(int id, const struct config *cfg, struct listener *ls, size_t nls,
 {
 	struct worker *w;
 	size_t i;
+	int one = 1;
 
 	if ((w = calloc(1, sizeof(*w))) == NULL)
 		return (NULL);
@@ -172,6 +175,12 @@ worker_new(int id, const struct config *cfg, struct listener *ls, size_t nls,
 		a->w = w;
 		a->l = &ls[i];
 		a->fd = fds[i];
+		/*
+		 * Accepted sockets inherit TCP_NODELAY from the listening one:
+		 * one setsockopt here rather than one per connection.
+		 */
+		(void)setsockopt(a->fd, IPPROTO_TCP, TCP_NODELAY, &one,
+		    sizeof(one));
 		if (uv_poll_init(&w->loop, &a->poll, a->fd) < 0) {
 			log_err("worker", "cannot watch listener %s",
 			    ls[i].conf->name);
