@@ -773,6 +773,16 @@ side_eof(struct conn *c, struct side *s)
 		finish(c, s->is_client ? "client_closed" : "backend_closed");
 		return;
 	}
+	/*
+	 * A mail client that closes is gone: it never half-closes to wait
+	 * for more (it sends QUIT and waits for the reply first).  What it
+	 * sent is delivered, then the backend is closed, rather than waiting
+	 * for the backend to notice.  Opaque listeners keep half-close.
+	 */
+	if (s->is_client && c->ops != NULL) {
+		finish(c, "client_closed");
+		return;
+	}
 	/* A partial line left in a parser's buffer is not a command. */
 	if (o->tls != NULL)
 		tlsio_bye(o->tls);

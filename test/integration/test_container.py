@@ -534,7 +534,6 @@ class Container(unittest.TestCase):
         s = smtplib.SMTP_SSL(LOOPBACK, self.ports["submissions"],
                              context=self.ctx(), timeout=30 * SLOW)
         s.ehlo("client.example.org")
-        t0 = time.monotonic()
         stop = subprocess.Popen(
             [DOCKER, "-H", "unix://" + self.d.sock, "stop", "-t", "40",
              self.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -555,16 +554,15 @@ class Container(unittest.TestCase):
                 stop.wait(10)
             s.close()
         self.assertEqual(stop.returncode, 0, out)
-        elapsed = time.monotonic() - t0
         rs.wait_delivered("carol", tok)
         self.assertEqual(self.inspect("{{.State.Running}}"), "false")
         self.assertEqual(self.inspect("{{.State.ExitCode}}"), "0",
                          self.logs()[-4000:])
         self.assertEqual(self.inspect("{{.State.OOMKilled}}"), "false")
-        # it ended by itself when the session did, not at the timeout
-        self.assertLess(elapsed, 20 * SLOW, "docker stop took %.1fs" %
-                        elapsed)
+        # Every session ended by itself, none was cut at shutdown_timeout.
         logs = self.logs()
+        cut = [l for l in logs.splitlines() if '"reason":"shutdown"' in l]
+        self.assertEqual(cut, [], "sessions cut at shutdown_timeout")
         self.assertRegex(logs, r"SIGTERM")
         self.assertRegex(logs, r'"event":"shutdown".*stopped')
 
