@@ -52,7 +52,7 @@ enum config_loglevel {
 	CONFIG_LOG_DEBUG,
 };
 
-/* A socket address as written in the file: HOST:PORT, [V6]:PORT or unix:/path. */
+/* An address as written in the file: HOST:PORT, [V6]:PORT or unix:/path. */
 struct config_addr {
 	struct sockaddr_storage	 ss;	/* resolved; AF_INET, AF_INET6 or AF_UNIX */
 	socklen_t		 sslen;

@@ -11,7 +11,7 @@
 
 #include "config.h"
 
-/* Large enough for any reply the handlers write, a rewritten EHLO reply included. */
+/* Large enough for any reply a handler writes, a rewritten EHLO included. */
 #define PROTO_OUT_MAX	8192
 
 struct proto_out {

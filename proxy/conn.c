@@ -85,8 +85,8 @@ enum conn_phase {
 };
 
 static const char *const phase_names[] = {
-	"proxy_header", "handshake", "connecting", "backend_starttls", "backend_tls", "relay", "starttls", "starttls_handshake",
-	"closing",
+	"proxy_header", "handshake", "connecting", "backend_starttls",
+	"backend_tls", "relay", "starttls", "starttls_handshake", "closing",
 };
 
 /*

@@ -260,8 +260,8 @@ tlsio_client_new(const struct tlsio_client_ctx *ctx,
 		goto err1;
 	/* RFC 6066 3: no IP literals in SNI; the name check still applies. */
 	if (ctx->name != NULL && ctx->name[0] != '\0' &&
-	    !is_ip_literal(ctx->name) && gnutls_server_name_set(t->s, GNUTLS_NAME_DNS, ctx->name,
-	    strlen(ctx->name)) < 0)
+	    !is_ip_literal(ctx->name) && gnutls_server_name_set(t->s,
+	    GNUTLS_NAME_DNS, ctx->name, strlen(ctx->name)) < 0)
 		goto err1;
 	if (ctx->verify)
 		gnutls_session_set_verify_cert(t->s, ctx->name, 0);
