@@ -127,6 +127,13 @@ size_t proto_chomp(const char *, size_t);
 int proto_out_add(struct proto_out *, const void *, size_t);
 
 /**
+ * proto_out_reply(out, text, v):
+ * Make the NUL-terminated ${text} the whole of ${out}; return ${v}.
+ */
+enum proto_verdict proto_out_reply(struct proto_out *, const char *,
+    enum proto_verdict);
+
+/**
  * proto_out_fmt(out, fmt, ...):
  * Append a formatted string to ${out}.  Return 0, or -1 (${out} unchanged)
  * if it does not fit.

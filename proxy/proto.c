@@ -103,6 +103,19 @@ proto_out_add(struct proto_out *out, const void *p, size_t len)
 }
 
 /**
+ * proto_out_reply(out, text, v):
+ * Make the NUL-terminated ${text} the whole of ${out}; return ${v}.
+ */
+enum proto_verdict
+proto_out_reply(struct proto_out *out, const char *text, enum proto_verdict v)
+{
+
+	out->len = 0;
+	(void)proto_out_add(out, text, strlen(text));
+	return (v);
+}
+
+/**
  * proto_out_fmt(out, fmt, ...):
  * Append a formatted string to ${out}.  Return 0, or -1 (${out} unchanged)
  * if it does not fit.

@@ -119,15 +119,6 @@ push(struct pop3 *s, enum pop3_cmd c)
 	return (0);
 }
 
-static enum proto_verdict
-reply(struct proto_out *out, const char *r, enum proto_verdict v)
-{
-
-	out->len = 0;
-	(void)proto_out_add(out, r, strlen(r));
-	return (v);
-}
-
 static void
 pop3_init(void *st, const struct proto_opts *o)
 {
@@ -164,7 +155,7 @@ pop3_command(struct pop3 *s, const char *line, size_t len,
 
 	if (pretls(s) && len > POP3_CMD_MAX) {
 		s->state = POP3_DEAD;
-		return (reply(out, R_LONG, PROTO_CLOSE));
+		return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 	}
 	for (vlen = 0; vlen < n && line[vlen] != ' '; vlen++)
 		continue;
@@ -200,7 +191,7 @@ pop3_command(struct pop3 *s, const char *line, size_t len,
 			return (PROTO_HOLD);
 		if (v == PROTO_STARTTLS)
 			s->state = POP3_STARTTLS;
-		return (reply(out, r, v));
+		return (proto_out_reply(out, r, v));
 	}
 
 	/* Which responses are multi-line (RFC 1939, 2449, 5034). */
@@ -228,7 +219,7 @@ pop3_client(struct pop3 *s, const char *line, size_t len,
 	case POP3_SASL:
 		if (pretls(s) && len > POP3_SASL_MAX) {
 			s->state = POP3_DEAD;
-			return (reply(out, R_LONG, PROTO_CLOSE));
+			return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 		}
 		/* RFC 5034 4: one response (or "*") per challenge. */
 		s->state = POP3_WAIT;

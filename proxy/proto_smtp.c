@@ -146,15 +146,6 @@ push(struct smtp *s, enum smtp_cmd c)
 	return (0);
 }
 
-static enum proto_verdict
-reply(struct proto_out *out, const char *r, enum proto_verdict v)
-{
-
-	out->len = 0;
-	(void)proto_out_add(out, r, strlen(r));
-	return (v);
-}
-
 static void
 smtp_init(void *st, const struct proto_opts *o)
 {
@@ -238,7 +229,7 @@ smtp_content(struct smtp *s, const char *line, size_t len,
 	if (proto_out_add(out, line, n) == -1 ||
 	    proto_out_add(out, "\r\n", 2) == -1) {
 		s->state = SMTP_DEAD;
-		return (reply(out, R_BARELF, PROTO_CLOSE));
+		return (proto_out_reply(out, R_BARELF, PROTO_CLOSE));
 	}
 	return (PROTO_REWRITE);
 }
@@ -260,7 +251,7 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 	if (pretls(s) &&
 	    len > (s->require_tls ? SMTP_CMD_MAX : SMTP_CMD_MAX_OPEN)) {
 		s->state = SMTP_DEAD;
-		return (reply(out, R_LONG, PROTO_CLOSE));
+		return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 	}
 
 	for (vlen = 0; vlen < n && line[vlen] != ' '; vlen++)
@@ -315,7 +306,7 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 			s->state = SMTP_STARTTLS;
 		else if (v == PROTO_CLOSE)
 			s->state = SMTP_DEAD;
-		return (reply(out, r, v));
+		return (proto_out_reply(out, r, v));
 	}
 
 	if (push(s, cmd) == -1)
@@ -342,7 +333,7 @@ smtp_client(struct smtp *s, const char *line, size_t len,
 	case SMTP_SASL:
 		if (pretls(s) && len > SMTP_SASL_MAX) {
 			s->state = SMTP_DEAD;
-			return (reply(out, R_LONG, PROTO_CLOSE));
+			return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 		}
 		/* RFC 4954 4: each response, "*" included, gets a reply. */
 		if (push(s, SMTP_C_AUTH) == -1)
