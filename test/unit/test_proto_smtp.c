@@ -11,50 +11,15 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "proto.h"
-#include "../fuzz/proto_driver.h"
-
-static struct pdrv d;
+#include "proto_transcript.h"
 
 static void
 start(int starttls, int on_tls, int require_tls)
 {
-	struct proto_opts o = { starttls, on_tls, require_tls,
-	    "mx.example.com" };
 
-	pdrv_init(&d, &proto_smtp_ops, &o);
+	transcript_start(&proto_smtp_ops, "mx.example.com", starttls, on_tls,
+	    require_tls);
 }
-
-static int
-teardown(void **state)
-{
-
-	(void)state;
-	pdrv_free(&d);
-	return (0);
-}
-
-#define C(s)	pdrv_feed(&d, PROTO_CLIENT, (s), strlen(s))
-#define B(s)	pdrv_feed(&d, PROTO_BACKEND, (s), strlen(s))
-
-/* Check what ${side} was sent since the last check, byte for byte. */
-static void
-expect(enum proto_side side, const char *want)
-{
-	static char got[1 << 17];
-	struct pdrv_buf *b = &d.to[side];
-	size_t n = b->len < sizeof(got) - 1 ? b->len : sizeof(got) - 1;
-
-	if (n > 0)
-		memcpy(got, b->p, n);
-	got[n] = '\0';
-	b->len = 0;
-	assert_string_equal(got, want);
-	assert_int_equal(n, strlen(want));
-}
-
-#define TO_CLIENT(s)	expect(PROTO_CLIENT, (s))
-#define TO_BACKEND(s)	expect(PROTO_BACKEND, (s))
 
 static const char EHLO_AUTH_MID[] =
     "250-mx.example.com\r\n"
