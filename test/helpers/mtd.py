@@ -702,6 +702,53 @@ def mailtlsd_bin():
     return b
 
 
+# The hostname that test listeners use in the replies mailtlsd writes.
+FRONT_HOSTNAME = "mx-front.example.test"
+
+
+def listener_conf(protocol, backend, listen, certs=None, **kw):
+    """A listener section: implicit TLS on ${listen} (a port on 127.0.0.1,
+    or "HOST:PORT") with the test ECDSA certificate unless ${certs} is
+    given; keyword arguments add or override keys."""
+    d = {
+        "listen": listen if isinstance(listen, str) else
+        "%s:%d" % (LOOPBACK, listen),
+        "protocol": protocol,
+        "client_tls": "implicit",
+        "backend": backend,
+        "certs": certs or [_test_certs().server_ecdsa],
+        "hostname": FRONT_HOSTNAME,
+        "connect_timeout": "5s",
+        "handshake_timeout": "10s",
+    }
+    d.update(kw)
+    return d
+
+
+def daemon_conf(listeners, **glob):
+    """A whole configuration: [global] (debug logs, and a short
+    shutdown_timeout so that a failing test that leaves a session open does
+    not hold up stop()) with ${glob} added, then the ${listeners}."""
+    g = {"log_level": "debug", "shutdown_timeout": "2s"}
+    g.update(glob)
+    cfg = {"global": g}
+    cfg.update(listeners)
+    return cfg
+
+
+_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_kv(line):
+    """The key=value fields of a text log line, quoted values unescaped."""
+    out = {}
+    for k, v in _KV.findall(line):
+        if v.startswith('"'):
+            v = re.sub(r"\\(.)", r"\1", v[1:-1])
+        out[k] = v
+    return out
+
+
 def render_config(cfg):
     """Text of a config from a dict {section: {key: value or [values]}};
     a str is returned unchanged.  Lists repeat the key (cert/key pairs:
@@ -1650,3 +1697,6 @@ service stats {
         except HarnessError as e:
             raise HarnessError("%s\n--- maillog:\n%s" %
                                (e, self._maillog_tail()))
+
+
+_test_certs = certs

@@ -4,7 +4,6 @@ certificates (SPEC "ALPN", "TLS policy"; config keys alpn, client_ca,
 client_verify; the close log line's client_cert field).
 """
 
-import re
 import socket
 import ssl
 import unittest
@@ -12,7 +11,7 @@ import unittest
 import mtd
 from mtd import FakeBackend, Mailtlsd, TlsConn, Closed, SLOW, LOOPBACK
 
-HOSTNAME = "mx-front.example.test"
+HOSTNAME = mtd.FRONT_HOSTNAME
 SNI = "mail.example.test"
 
 # protocol -> (backend greeting, goodbye command, backend's reply to it)
@@ -26,43 +25,14 @@ PROTOCOLS = {
 REFUSED = (ssl.SSLError, Closed, ConnectionError, socket.timeout)
 
 
-def listener(protocol, backend, port, **kw):
-    d = {
-        "listen": "%s:%d" % (LOOPBACK, port),
-        "protocol": protocol,
-        "client_tls": "implicit",
-        "backend": backend,
-        "certs": [mtd.certs().server_ecdsa],
-        "hostname": HOSTNAME,
-        "connect_timeout": "5s",
-        "handshake_timeout": "10s",
-    }
-    d.update(kw)
-    return d
+listener = mtd.listener_conf
 
 
 def config(listeners, **glob):
-    g = {"log_level": "debug", "shutdown_timeout": "2s", "workers": "2"}
-    g.update(glob)
-    cfg = {"global": g}
-    cfg.update(listeners)
-    return cfg
+    return mtd.daemon_conf(listeners, **dict({"workers": "2"}, **glob))
 
 
-
-
-
-
-_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def parse_kv(line):
-    out = {}
-    for k, v in _KV.findall(line):
-        if v.startswith('"'):
-            v = re.sub(r"\\(.)", r"\1", v[1:-1])
-        out[k] = v
-    return out
+parse_kv = mtd.parse_kv
 
 
 def close_of(d, cport):

@@ -23,7 +23,7 @@ import mtd
 from mtd import (FakeBackend, Mailtlsd, TlsConn, Closed, SLOW, LOOPBACK,
                  free_port, sha256)
 
-HOSTNAME = "mx-front.example.test"
+HOSTNAME = mtd.FRONT_HOSTNAME
 # The test CA's server certificate holds this name (and localhost,
 # 127.0.0.1); the other-name certificate does not.
 BACKEND_NAME = "mail.example.test"
@@ -71,11 +71,7 @@ def listener(protocol, backend, port, backend_tls, client_tls="implicit",
 
 
 def config(listeners, **glob):
-    g = {"log_level": "debug", "log_format": "json", "shutdown_timeout": "2s"}
-    g.update(glob)
-    cfg = {"global": g}
-    cfg.update(listeners)
-    return cfg
+    return mtd.daemon_conf(listeners, **dict({"log_format": "json"}, **glob))
 
 
 def events(d, event, listener_name=None):

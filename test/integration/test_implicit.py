@@ -21,7 +21,7 @@ import mtd
 from mtd import (FakeBackend, Mailtlsd, TlsConn, Closed, SLOW, LOOPBACK,
                  free_port, sha256)
 
-HOSTNAME = "mx-front.example.test"
+HOSTNAME = mtd.FRONT_HOSTNAME
 MB = 1024 * 1024
 
 _servers = None
@@ -36,29 +36,10 @@ def servers():
     return _servers
 
 
-def listener(protocol, backend, port, certs=None, **kw):
-    d = {
-        "listen": "%s:%d" % (LOOPBACK, port),
-        "protocol": protocol,
-        "client_tls": "implicit",
-        "backend": backend,
-        "certs": certs or [mtd.certs().server_ecdsa],
-        "hostname": HOSTNAME,
-        "connect_timeout": "5s",
-        "handshake_timeout": "10s",
-    }
-    d.update(kw)
-    return d
+listener = mtd.listener_conf
 
 
-def config(listeners, **glob):
-    # a short shutdown_timeout, so that a failing test that leaves a session
-    # open does not hold up the daemon's stop()
-    g = {"log_level": "debug", "shutdown_timeout": "2s"}
-    g.update(glob)
-    cfg = {"global": g}
-    cfg.update(listeners)
-    return cfg
+config = mtd.daemon_conf
 
 
 class Front:

@@ -15,37 +15,17 @@ import unittest
 import mtd
 from mtd import FakeBackend, Mailtlsd, TlsConn, SLOW, LOOPBACK, free_port
 
-HOSTNAME = "mx-front.example.test"
+HOSTNAME = mtd.FRONT_HOSTNAME
 SNI = "mail.example.test"
 GREETING = b"hello from the backend\n"
 
 
 def listener(backend, listen, protocol="none", **kw):
-    d = {
-        "listen": listen if isinstance(listen, str) else
-        "%s:%d" % (LOOPBACK, listen),
-        "protocol": protocol,
-        "client_tls": "implicit",
-        "backend": backend,
-        "certs": [mtd.certs().server_ecdsa],
-        "hostname": HOSTNAME,
-        "connect_timeout": "5s",
-        "handshake_timeout": "10s",
-    }
-    d.update(kw)
-    return d
+    return mtd.listener_conf(protocol, backend, listen, **kw)
 
 
 def config(listeners, **glob):
-    g = {"log_level": "debug", "shutdown_timeout": "2s", "workers": "2"}
-    g.update(glob)
-    cfg = {"global": g}
-    cfg.update(listeners)
-    return cfg
-
-
-
-
+    return mtd.daemon_conf(listeners, **dict({"workers": "2"}, **glob))
 
 
 def status_fields(path):

@@ -32,7 +32,7 @@ from mtd import (FakeBackend, Mailtlsd, TlsConn, Closed, SLOW, LOOPBACK,
                  free_port)
 
 CLIENT_ADDR = "127.0.0.2"       # the client's address, not mailtlsd's
-HOSTNAME = "mx-front.example.test"
+HOSTNAME = mtd.FRONT_HOSTNAME
 SNI = "mail.example.test"
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -50,44 +50,14 @@ PP2_CLIENT_CERT_SESS = 0x04
 # --------------------------------------------------------------------------
 # helpers
 
-def listener(protocol, backend, listen, certs=None, **kw):
-    d = {
-        "listen": listen if isinstance(listen, str) else
-        "%s:%d" % (LOOPBACK, listen),
-        "protocol": protocol,
-        "client_tls": "implicit",
-        "backend": backend,
-        "certs": certs or [mtd.certs().server_ecdsa],
-        "hostname": HOSTNAME,
-        "connect_timeout": "5s",
-        "handshake_timeout": "10s",
-    }
-    d.update(kw)
-    return d
+listener = mtd.listener_conf
 
 
 def config(listeners, **glob):
-    g = {"log_level": "debug", "shutdown_timeout": "2s", "workers": "2"}
-    g.update(glob)
-    cfg = {"global": g}
-    cfg.update(listeners)
-    return cfg
+    return mtd.daemon_conf(listeners, **dict({"workers": "2"}, **glob))
 
 
-
-
-
-
-_KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def parse_kv(line):
-    out = {}
-    for k, v in _KV.findall(line):
-        if v.startswith('"'):
-            v = re.sub(r"\\(.)", r"\1", v[1:-1])
-        out[k] = v
-    return out
+parse_kv = mtd.parse_kv
 
 
 def close_events(d):

@@ -30,7 +30,7 @@ import unittest
 import mtd
 from mtd import FakeBackend, Mailtlsd, TlsConn, Closed, SLOW, LOOPBACK
 
-HOSTNAME = "mx-front.example.test"
+HOSTNAME = mtd.FRONT_HOSTNAME
 
 # The replies the proxy writes itself (SPEC table; the free text after the
 # fixed part is each handler's, from proxy/proto_*.c).
@@ -73,12 +73,7 @@ def st_listener(protocol, backend, port, require=True, **kw):
     return d
 
 
-def config(listeners, **glob):
-    g = {"log_level": "debug", "shutdown_timeout": "2s"}
-    g.update(glob)
-    cfg = {"global": g}
-    cfg.update(listeners)
-    return cfg
+config = mtd.daemon_conf
 
 
 # --------------------------------------------------------------------------
