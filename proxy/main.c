@@ -223,6 +223,22 @@ run(struct mainctx *m)
 	size_t j;
 	int *fds = NULL, rc = EXIT_STARTUP;
 
+	/*
+	 * Signals are caught before any port listens: a client (or a test)
+	 * that sees the port may signal at once.  They are acted on once the
+	 * loop runs.
+	 */
+	m->loop = uv_default_loop();
+	uv_signal_init(m->loop, &m->sigterm);
+	uv_signal_init(m->loop, &m->sigint);
+	uv_signal_init(m->loop, &m->sighup);
+	m->sigterm.data = m->sigint.data = m->sighup.data = m;
+	uv_signal_start(&m->sigterm, signal_cb, SIGTERM);
+	uv_signal_start(&m->sigint, signal_cb, SIGINT);
+	uv_signal_start(&m->sighup, signal_cb, SIGHUP);
+	uv_async_init(m->loop, &m->done_async, all_done_check);
+	m->done_async.data = m;
+
 	nw = cfg->workers != 0 ? cfg->workers :
 	    (unsigned)uv_available_parallelism();
 	if (nw == 0)
@@ -259,17 +275,6 @@ run(struct mainctx *m)
 	/* Ports are bound: now nothing needs root any more. */
 	if (cfg->user != NULL && drop_privileges(cfg->user) < 0)
 		goto out;
-
-	m->loop = uv_default_loop();
-	uv_signal_init(m->loop, &m->sigterm);
-	uv_signal_init(m->loop, &m->sigint);
-	uv_signal_init(m->loop, &m->sighup);
-	m->sigterm.data = m->sigint.data = m->sighup.data = m;
-	uv_signal_start(&m->sigterm, signal_cb, SIGTERM);
-	uv_signal_start(&m->sigint, signal_cb, SIGINT);
-	uv_signal_start(&m->sighup, signal_cb, SIGHUP);
-	uv_async_init(m->loop, &m->done_async, all_done_check);
-	m->done_async.data = m;
 
 	for (i = 0; i < m->nws; i++)
 		if (worker_start(m->ws[i]) < 0) {
