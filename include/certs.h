@@ -21,6 +21,8 @@ struct certs;
  * Build the credentials for listener ${l}: read and check every pair (the
  * chain parses, the key matches the leaf, the leaf has not expired), make a
  * throw-away self-signed certificate for "cert = auto", and load client_ca.
+ * Each file is read once.  A key readable by group or others is warned
+ * about in the log.
  * Problems are written to ${errf} as "CFGPATH:LINE: message" lines.  Return
  * a set holding one reference for the caller, or NULL.
  */
@@ -62,6 +64,17 @@ gnutls_certificate_credentials_t certs_cred(const struct certs *);
 size_t certs_count(const struct certs *);
 time_t certs_not_after(const struct certs *, size_t);
 const char *certs_subject(const struct certs *, size_t);
+
+/* The size of certs_policy(). */
+#define CERTS_POLICY_LEN	32
+
+/**
+ * certs_policy(c):
+ * CERTS_POLICY_LEN bytes that identify the client-certificate policy of the
+ * listener ${c} was loaded for: its name, client_verify and the contents of
+ * its client_ca.  Equal in every process that loads the same settings.
+ */
+const unsigned char *certs_policy(const struct certs *);
 
 /*
  * A slot holds the current set of a listener.  Workers take a reference for

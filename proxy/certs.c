@@ -1,8 +1,13 @@
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <gnutls/gnutls.h>
 #include <gnutls/crypto.h>
@@ -13,6 +18,8 @@
 
 #define CERTS_MAX_PAIRS		64
 #define CERTS_EXPIRY_WARN	(14 * 24 * 3600)
+/* A PEM file bigger than this is not a certificate, key or CA bundle. */
+#define CERTS_FILE_MAX		(16 * 1024 * 1024)
 
 struct certs {
 	atomic_int				refs;
@@ -20,6 +27,7 @@ struct certs {
 	size_t					npairs;
 	time_t					not_after[CERTS_MAX_PAIRS];
 	char					*subject[CERTS_MAX_PAIRS];
+	unsigned char				policy[CERTS_POLICY_LEN];
 };
 
 struct certs_slot {
@@ -53,30 +61,109 @@ crt_subject(gnutls_x509_crt_t crt)
 }
 
 /*
- * Read the chain in ${path} and check its leaf; on success record the
- * leaf's expiry and subject as pair ${i} of ${c}.
+ * Read ${path} whole into ${out} (free with gnutls_free) with one open(2),
+ * and its mode into ${mode}.  Return 0, or -1 with errno set.
  */
 static int
-check_chain(struct certs *c, const char *path, const char *cfgpath, int line,
-    const char *lname, FILE *errf)
+read_file(const char *path, gnutls_datum_t *out, mode_t *mode)
 {
-	gnutls_datum_t data;
+	struct stat st;
+	unsigned char *buf = NULL;
+	size_t len = 0;
+	ssize_t n;
+	int fd, e;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return (-1);
+	if (fstat(fd, &st) < 0)
+		goto err;
+	if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
+		errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+		goto err;
+	}
+	*mode = st.st_mode;
+	/* st_size is only a hint: the file may be growing. */
+	for (;;) {
+		unsigned char *nb;
+		size_t cap = len + 65536;
+
+		if (cap > CERTS_FILE_MAX + 1)
+			cap = CERTS_FILE_MAX + 1;
+		if ((nb = gnutls_realloc(buf, cap + 1)) == NULL) {
+			errno = ENOMEM;
+			goto err;
+		}
+		buf = nb;
+		do
+			n = read(fd, buf + len, cap - len);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			goto err;
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > CERTS_FILE_MAX) {
+			errno = EFBIG;
+			goto err;
+		}
+	}
+	close(fd);
+	buf[len] = '\0';
+	out->data = buf;
+	out->size = (unsigned int)len;
+	return (0);
+err:
+	e = errno;
+	if (buf != NULL) {
+		gnutls_memset(buf, 0, len);
+		gnutls_free(buf);
+	}
+	close(fd);
+	errno = e;
+	return (-1);
+}
+
+static void
+wipe(gnutls_datum_t *d)
+{
+
+	if (d->data != NULL) {
+		gnutls_memset(d->data, 0, d->size);
+		gnutls_free(d->data);
+	}
+	d->data = NULL;
+	d->size = 0;
+}
+
+/*
+ * Load pair ${p} into ${c}: each file is read once, the chain is parsed
+ * once and its leaf checked (parses, has not expired, matches the key), and
+ * the parsed chain and key are handed to GnuTLS.  On success record the
+ * leaf's expiry and subject as pair c->npairs.
+ */
+static int
+load_pair(struct certs *c, const struct config_certpair *p,
+    const char *cfgpath, const char *lname, FILE *errf)
+{
+	gnutls_datum_t data = { NULL, 0 };
 	gnutls_x509_crt_t *crts = NULL;
+	gnutls_x509_privkey_t key = NULL;
 	unsigned int ncrts = 0, i;
 	time_t exp, now = time(NULL);
+	mode_t mode;
 	int rc, ret = -1;
 
-	if ((rc = gnutls_load_file(path, &data)) < 0) {
+	if (read_file(p->cert, &data, &mode) < 0) {
 		fprintf(errf, "%s:%d: cannot read certificate %s: %s\n",
-		    cfgpath, line, path, gnutls_strerror(rc));
+		    cfgpath, p->line, p->cert, strerror(errno));
 		return (-1);
 	}
 	rc = gnutls_x509_crt_list_import2(&crts, &ncrts, &data,
 	    GNUTLS_X509_FMT_PEM, 0);
-	gnutls_free(data.data);
+	wipe(&data);
 	if (rc < 0 || ncrts == 0) {
 		fprintf(errf, "%s:%d: certificate %s does not parse: %s\n",
-		    cfgpath, line, path,
+		    cfgpath, p->line, p->cert,
 		    rc < 0 ? gnutls_strerror(rc) : "no certificate in file");
 		return (-1);
 	}
@@ -88,21 +175,85 @@ check_chain(struct certs *c, const char *path, const char *cfgpath, int line,
 		gmtime_r(&exp, &tm);
 		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
 		fprintf(errf, "%s:%d: certificate %s expired on %s\n",
-		    cfgpath, line, path, when);
+		    cfgpath, p->line, p->cert, when);
+		goto out;
+	}
+	if (read_file(p->key, &data, &mode) < 0) {
+		fprintf(errf, "%s:%d: cannot read key %s: %s\n", cfgpath,
+		    p->line, p->key, strerror(errno));
+		goto out;
+	}
+	/* Issue 12 item 13: a private key is for our eyes only. */
+	if (mode & (S_IRGRP | S_IROTH))
+		log_warn("key_permissions", "listener %s: key %s is readable "
+		    "by %s (mode %04o); make it 0600, owned by the user "
+		    "mailtlsd runs as", lname, p->key,
+		    (mode & S_IROTH) ? "others" : "its group",
+		    (unsigned)(mode & 07777));
+	if ((rc = gnutls_x509_privkey_init(&key)) >= 0)
+		rc = gnutls_x509_privkey_import2(key, &data,
+		    GNUTLS_X509_FMT_PEM, NULL, 0);
+	wipe(&data);
+	if (rc < 0) {
+		fprintf(errf, "%s:%d: key %s does not parse: %s\n", cfgpath,
+		    p->line, p->key, gnutls_strerror(rc));
+		goto out;
+	}
+	/* GnuTLS copies both and checks that the key matches the leaf. */
+	rc = gnutls_certificate_set_x509_key(c->cred, crts, ncrts, key);
+	if (rc < 0) {
+		fprintf(errf, "%s:%d: cannot use certificate %s with key "
+		    "%s: %s\n", cfgpath, p->line, p->cert, p->key,
+		    gnutls_strerror(rc));
 		goto out;
 	}
 	if (exp != (time_t)-1 && exp - now < CERTS_EXPIRY_WARN)
 		log_warn("cert_expiring", "listener %s: certificate %s expires "
-		    "in %lld days", lname, path,
+		    "in %lld days", lname, p->cert,
 		    (long long)((exp - now) / 86400));
 	c->not_after[c->npairs] = exp;
 	c->subject[c->npairs] = crt_subject(crts[0]);
 	ret = 0;
 out:
+	if (key != NULL)
+		gnutls_x509_privkey_deinit(key);
 	for (i = 0; i < ncrts; i++)
 		gnutls_x509_crt_deinit(crts[i]);
 	gnutls_free(crts);
 	return (ret);
+}
+
+/*
+ * What identifies the client-certificate policy that sessions made with
+ * these credentials passed: the listener, its client_verify, and the exact
+ * client_ca contents (${ca}, NULL: none).  Session tickets are encrypted
+ * under a key derived from it (tlsio.c), so a session is only resumed where
+ * the same policy would have admitted it, and a new client_ca ends the
+ * resumption of sessions the old one admitted.
+ */
+static int
+make_policy(struct certs *c, const struct config_listener *l,
+    const gnutls_datum_t *ca)
+{
+	static const char label[] = "mailtlsd client-certificate policy v1";
+	unsigned char cadig[32], v[2];
+	gnutls_hash_hd_t h;
+
+	memset(cadig, 0, sizeof(cadig));
+	if (ca != NULL && gnutls_hash_fast(GNUTLS_DIG_SHA256, ca->data,
+	    ca->size, cadig) < 0)
+		return (-1);
+	v[0] = (unsigned char)l->client_verify;
+	v[1] = ca != NULL;
+	if (gnutls_hash_init(&h, GNUTLS_DIG_SHA256) < 0)
+		return (-1);
+	/* Each part is NUL-ended or fixed-size: no two inputs collide. */
+	(void)gnutls_hash(h, label, sizeof(label));
+	(void)gnutls_hash(h, l->name, strlen(l->name) + 1);
+	(void)gnutls_hash(h, v, sizeof(v));
+	(void)gnutls_hash(h, cadig, sizeof(cadig));
+	gnutls_hash_deinit(h, c->policy);
+	return (0);
 }
 
 /*
@@ -162,6 +313,8 @@ out:
  * Build the credentials for listener ${l}: read and check every pair (the
  * chain parses, the key matches the leaf, the leaf has not expired), make a
  * throw-away self-signed certificate for "cert = auto", and load client_ca.
+ * Each file is read once.  A key readable by group or others is warned
+ * about in the log.
  * Problems are written to ${errf} as "CFGPATH:LINE: message" lines.  Return
  * a set holding one reference for the caller, or NULL.
  */
@@ -198,35 +351,32 @@ certs_load(const struct config_listener *l, const char *cfgpath, FILE *errf)
 			c->npairs++;
 			continue;
 		}
-		if (check_chain(c, p->cert, cfgpath, p->line, l->name,
-		    errf) < 0) {
-			bad = 1;
-			continue;
-		}
-		rc = gnutls_certificate_set_x509_key_file2(c->cred, p->cert,
-		    p->key, GNUTLS_X509_FMT_PEM, NULL, 0);
-		if (rc < 0) {
-			fprintf(errf, "%s:%d: cannot use certificate %s with key "
-			    "%s: %s\n", cfgpath, p->line, p->cert, p->key,
-			    gnutls_strerror(rc));
-			free(c->subject[c->npairs]);
-			c->subject[c->npairs] = NULL;
+		if (load_pair(c, p, cfgpath, l->name, errf) < 0) {
 			bad = 1;
 			continue;
 		}
 		c->npairs++;
 	}
 	if (l->client_ca != NULL) {
-		rc = gnutls_certificate_set_x509_trust_file(c->cred,
-		    l->client_ca, GNUTLS_X509_FMT_PEM);
-		if (rc <= 0) {
+		gnutls_datum_t ca = { NULL, 0 };
+		mode_t mode;
+
+		rc = 0;
+		if (read_file(l->client_ca, &ca, &mode) < 0)
+			fprintf(errf, "%s:%d: cannot read client_ca %s: %s\n",
+			    cfgpath, l->client_ca_line, l->client_ca,
+			    strerror(errno));
+		else if ((rc = gnutls_certificate_set_x509_trust_mem(c->cred,
+		    &ca, GNUTLS_X509_FMT_PEM)) <= 0)
 			fprintf(errf, "%s:%d: cannot read client_ca %s: %s\n",
 			    cfgpath, l->client_ca_line, l->client_ca,
 			    rc < 0 ? gnutls_strerror(rc) :
 			    "no certificate in file");
+		if (rc <= 0 || make_policy(c, l, &ca) < 0)
 			bad = 1;
-		}
-	}
+		gnutls_free(ca.data);
+	} else if (make_policy(c, l, NULL) < 0)
+		bad = 1;
 	if (bad)
 		goto err1;
 	return (c);
@@ -337,6 +487,19 @@ certs_subject(const struct certs *c, size_t i)
 {
 
 	return (c->subject[i] != NULL ? c->subject[i] : "");
+}
+
+/**
+ * certs_policy(c):
+ * CERTS_POLICY_LEN bytes that identify the client-certificate policy of the
+ * listener ${c} was loaded for: its name, client_verify and the contents of
+ * its client_ca.  Equal in every process that loads the same settings.
+ */
+const unsigned char *
+certs_policy(const struct certs *c)
+{
+
+	return (c->policy);
 }
 
 /**
