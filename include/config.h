@@ -115,10 +115,15 @@ struct config {
 	size_t			 nlisteners;
 };
 
-/* The default TLS priority: TLS 1.2 and 1.3, ECDHE, AEAD only, no SHA-1. */
+/*
+ * The default TLS priority: TLS 1.2 and 1.3, ECDHE, AEAD only, no SHA-1
+ * (neither as a MAC nor in signatures).  Used as written, like any
+ * tls_priority: nothing is appended to it.
+ */
 #define CONFIG_DEFAULT_PRIORITY \
 	"SECURE:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-RSA:-CIPHER-ALL:" \
-	"+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:-SHA1:%SERVER_PRECEDENCE"
+	"+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:-SHA1:" \
+	"-SIGN-RSA-SHA1:-SIGN-ECDSA-SHA1:-SIGN-DSA-SHA1:%SERVER_PRECEDENCE"
 
 /**
  * config_load(path, errf):

@@ -38,6 +38,23 @@ struct tlsio_client_ctx {
 	int			 verify;
 };
 
+/**
+ * tlsio_priority_init(prio, str, errpos):
+ * Make ${prio} from the priority string ${str} exactly as written (GnuTLS's
+ * default is not appended: it would add back what ${str} leaves out).
+ * Return 0, or a GnuTLS error with ${errpos} pointing into ${str}.
+ */
+int tlsio_priority_init(gnutls_priority_t *, const char *, const char **);
+
+/**
+ * tlsio_priority_log(prio, listener, side, str):
+ * Log (info) what ${prio}, made from ${str}, allows on ${side} ("client" or
+ * "backend") of ${listener}: protocol versions, ciphers, groups and
+ * signature algorithms.
+ */
+void tlsio_priority_log(gnutls_priority_t, const char *, const char *,
+    const char *);
+
 /* The owner's push function: queue ${len} bytes of ciphertext; 0 or -1. */
 typedef int tlsio_push_fn(void *, const void *, size_t);
 
@@ -124,9 +141,18 @@ int tlsio_resumed(const struct tlsio *);
 
 /**
  * tlsio_peer_subject(t, buf, len):
- * Write the verified peer certificate's subject DN into ${buf} ("" if none).
+ * Write the verified peer certificate's subject DN into ${buf}: "" if and
+ * only if there is none (judged by the peer's certificate list, never by the
+ * DN).  A certificate with an empty subject is named by its first subject
+ * alternative name ("DNS:name", "email:addr", ...) or its SHA-256.
  */
 void tlsio_peer_subject(const struct tlsio *, char *, size_t);
+
+/**
+ * tlsio_peer_verified(t):
+ * Return 1 if the peer presented a certificate and it was verified.
+ */
+int tlsio_peer_verified(const struct tlsio *);
 
 /**
  * tlsio_peer_cn(t, buf, len):

@@ -23,14 +23,15 @@ backend_setup(struct listener *l, const struct config_listener *conf,
 	struct certs *c;
 	int rc;
 
-	rc = gnutls_priority_init2(&l->btls.prio, conf->tls_priority, &errpos,
-	    GNUTLS_PRIORITY_INIT_DEF_APPEND);
+	rc = tlsio_priority_init(&l->btls.prio, conf->tls_priority, &errpos);
 	if (rc < 0) {
 		fprintf(errf, "%s:%d: listener %s: bad tls_priority near "
 		    "\"%s\": %s\n", cfgpath, conf->line, conf->name,
 		    errpos != NULL ? errpos : "", gnutls_strerror(rc));
 		return (-1);
 	}
+	tlsio_priority_log(l->btls.prio, conf->name, "backend",
+	    conf->tls_priority);
 	if ((c = certs_load_trust(conf, cfgpath, errf)) == NULL)
 		goto err;
 	if ((l->btls.slot = certs_slot_new(c)) == NULL) {
@@ -72,14 +73,15 @@ listener_setup(struct listener *l, const struct config_listener *conf,
 	if (conf->client_tls == CONFIG_TLS_NONE)
 		return (0);
 
-	rc = gnutls_priority_init2(&l->tls.prio, conf->tls_priority, &errpos,
-	    GNUTLS_PRIORITY_INIT_DEF_APPEND);
+	rc = tlsio_priority_init(&l->tls.prio, conf->tls_priority, &errpos);
 	if (rc < 0) {
 		fprintf(errf, "%s:%d: listener %s: bad tls_priority near "
 		    "\"%s\": %s\n", cfgpath, conf->line, conf->name,
 		    errpos != NULL ? errpos : "", gnutls_strerror(rc));
 		return (-1);
 	}
+	tlsio_priority_log(l->tls.prio, conf->name, "client",
+	    conf->tls_priority);
 	if ((c = certs_load(conf, cfgpath, errf)) == NULL)
 		goto err1;
 	if ((l->tls.slot = certs_slot_new(c)) == NULL) {

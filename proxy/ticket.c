@@ -1,9 +1,14 @@
+#include <sys/stat.h>
+
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 
+#include "log.h"
 #include "ticket.h"
 
 /* What gnutls_session_ticket_key_generate makes and GnuTLS expects. */
@@ -54,7 +59,8 @@ read_key(const char *path, const char *cfgpath, unsigned char *out, FILE *errf)
 /**
  * ticket_new(cfg, errf):
  * Load the key from cfg->ticket_key_file (64 bytes, base64), or make a
- * random one if there is no such key.  Problems are written to ${errf}.
+ * random one if there is no such key.  A file readable by group or others
+ * is warned about in the log.  Problems are written to ${errf}.
  * Return the key holder, or NULL.
  */
 struct ticket *
@@ -67,9 +73,20 @@ ticket_new(const struct config *cfg, FILE *errf)
 		return (NULL);
 	pthread_mutex_init(&t->mu, NULL);
 	if (cfg->ticket_key_file != NULL) {
+		struct stat st;
+
 		if (read_key(cfg->ticket_key_file, cfg->path, t->key,
 		    errf) < 0)
 			goto err;
+		/* Whoever reads it can decrypt every recorded session. */
+		if (stat(cfg->ticket_key_file, &st) == 0 &&
+		    (st.st_mode & (S_IRGRP | S_IROTH)))
+			log_warn("key_permissions", "ticket_key_file %s is "
+			    "readable by %s (mode %04o); make it 0600, owned "
+			    "by the user mailtlsd runs as",
+			    cfg->ticket_key_file, (st.st_mode & S_IROTH) ?
+			    "others" : "its group",
+			    (unsigned)(st.st_mode & 07777));
 		return (t);
 	}
 	if (gnutls_session_ticket_key_generate(&k) < 0 ||
@@ -112,22 +129,51 @@ ticket_reload(struct ticket *t, const struct config *cfg, FILE *errf)
 }
 
 /**
- * ticket_enable(t, s):
- * Let the server session ${s} issue and accept tickets under the current
- * key.  Return 0 or -1.
+ * ticket_enable(t, s, scope, len):
+ * Let the server session ${s} issue and accept tickets under the key
+ * derived from the current master key and the ${len} bytes ${scope} (what
+ * a ticket must have been issued under to be accepted: certs_policy()).
+ * Return 0 or -1.
  */
 int
-ticket_enable(struct ticket *t, gnutls_session_t s)
+ticket_enable(struct ticket *t, gnutls_session_t s,
+    const unsigned char *scope, size_t len)
 {
-	gnutls_datum_t d;
+	static const char salt[] = "mailtlsd session-ticket key v1";
+	unsigned char prk[32], key[TICKET_KEY_SIZE];
+	gnutls_datum_t ikm, sd, pd, info, d;
 	int rc;
 
-	/* GnuTLS copies the key into the session. */
+	/*
+	 * RFC 5869: PRK = HMAC(salt, master), key = HKDF-Expand(PRK, scope).
+	 * Deterministic, so replicas with one ticket_key_file agree; a
+	 * different scope gives an unrelated key, and a ticket made under it
+	 * does not even decrypt: GnuTLS falls back to a full handshake.
+	 * A few HMACs per handshake, next to the handshake's own signatures.
+	 */
+	sd.data = (unsigned char *)(uintptr_t)salt;
+	sd.size = sizeof(salt) - 1;
+	info.data = (unsigned char *)(uintptr_t)scope;
+	info.size = (unsigned int)len;
 	pthread_mutex_lock(&t->mu);
-	d.data = t->key;
-	d.size = TICKET_KEY_SIZE;
-	rc = gnutls_session_ticket_enable_server(s, &d);
+	ikm.data = t->key;
+	ikm.size = TICKET_KEY_SIZE;
+	rc = gnutls_hkdf_extract(GNUTLS_MAC_SHA256, &ikm, &sd, prk);
 	pthread_mutex_unlock(&t->mu);
+	if (rc >= 0) {
+		pd.data = prk;
+		pd.size = sizeof(prk);
+		rc = gnutls_hkdf_expand(GNUTLS_MAC_SHA256, &pd, &info, key,
+		    sizeof(key));
+	}
+	/* GnuTLS copies the key into the session. */
+	if (rc >= 0) {
+		d.data = key;
+		d.size = sizeof(key);
+		rc = gnutls_session_ticket_enable_server(s, &d);
+	}
+	gnutls_memset(prk, 0, sizeof(prk));
+	gnutls_memset(key, 0, sizeof(key));
 	return (rc < 0 ? -1 : 0);
 }
 

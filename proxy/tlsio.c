@@ -20,6 +20,9 @@ struct tlsio {
 	const unsigned char	*in;		/* fed ciphertext, borrowed */
 	size_t			 inlen;
 	int			 err;		/* last GnuTLS error */
+	unsigned int		 vstatus;	/* optional: why the client's
+						   certificate failed */
+	enum config_verify	 verify;	/* server: client certificates */
 	int			 bye_sent;
 	int			 push_failed;	/* the owner refused bytes */
 };
@@ -180,16 +183,33 @@ tlsio_new(unsigned int flags, tlsio_push_fn *push, void *arg)
 	return (t);
 }
 
+/*
+ * A client certificate must be meant for TLS client authentication: one
+ * with an extended key usage that leaves it out (serverAuth only, say) is
+ * refused, as RFC 5280 4.2.1.12 asks.  One without the extension may be
+ * used for anything.
+ */
+static gnutls_typed_vdata_st client_purpose = {
+	GNUTLS_DT_KEY_PURPOSE_OID,
+	(unsigned char *)(uintptr_t)GNUTLS_KP_TLS_WWW_CLIENT, 0
+};
+
 /* client_verify = optional: no certificate is fine, a bad one is not. */
 static int
 verify_if_presented(gnutls_session_t s)
 {
+	struct tlsio *t = gnutls_transport_get_ptr(s);
 	unsigned int n = 0, status = 0;
 
 	if (gnutls_certificate_get_peers(s, &n) == NULL || n == 0)
 		return (0);
-	if (gnutls_certificate_verify_peers2(s, &status) < 0 || status != 0)
+	if (gnutls_certificate_verify_peers(s, &client_purpose, 1,
+	    &status) < 0)
+		status = GNUTLS_CERT_INVALID;
+	if (status != 0) {
+		t->vstatus = status;
 		return (GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR);
+	}
 	return (0);
 }
 
@@ -220,12 +240,21 @@ tlsio_server_new(const struct tlsio_server_ctx *ctx, tlsio_push_fn *push,
 		if (gnutls_alpn_set_protocols(t->s, &ctx->alpn, 1, aflags) < 0)
 			goto err1;
 	}
-	if (ctx->ticket != NULL && ticket_enable(ctx->ticket, t->s) < 0)
+	/*
+	 * The ticket key is scoped to the listener's client-certificate
+	 * policy as loaded with these credentials: a session resumes only
+	 * where a full handshake would have admitted it.  There is no
+	 * server-side session cache (no gnutls_db_*): tickets are the only
+	 * way to resume.
+	 */
+	if (ctx->ticket != NULL && ticket_enable(ctx->ticket, t->s,
+	    certs_policy(t->certs), CERTS_POLICY_LEN) < 0)
 		goto err1;
+	t->verify = ctx->verify;
 	if (ctx->verify == CONFIG_VERIFY_REQUIRED) {
 		gnutls_certificate_server_set_request(t->s,
 		    GNUTLS_CERT_REQUIRE);
-		gnutls_session_set_verify_cert(t->s, NULL, 0);
+		gnutls_session_set_verify_cert2(t->s, &client_purpose, 1, 0);
 	} else if (ctx->verify == CONFIG_VERIFY_OPTIONAL) {
 		/* set_verify_cert would also fail a client that sends none. */
 		gnutls_certificate_server_set_request(t->s,
@@ -454,7 +483,8 @@ tlsio_strerror(const struct tlsio *t)
 		return (msgbuf);
 	}
 	if (t->err == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
-		status = gnutls_session_get_verify_cert_status(t->s);
+		status = t->vstatus != 0 ? t->vstatus :
+		    gnutls_session_get_verify_cert_status(t->s);
 		if (gnutls_certificate_verification_status_print(status,
 		    GNUTLS_CRT_X509, &why, 0) >= 0) {
 			snprintf(msgbuf, sizeof(msgbuf), "certificate "
@@ -542,50 +572,139 @@ tlsio_resumed(const struct tlsio *t)
 	return (gnutls_session_is_resumed(t->s) != 0);
 }
 
+/* The peer's leaf certificate if it presented one that was verified. */
+static int
+verified_leaf(const struct tlsio *t, gnutls_x509_crt_t *crt)
+{
+	const gnutls_datum_t *certs;
+	unsigned int n = 0;
+
+	/*
+	 * Only client_verify = optional/required ask for one, and either
+	 * fails the handshake over a certificate that does not verify; a
+	 * resumed session carries the list from the handshake that issued
+	 * its ticket, under the same policy (ticket_enable).
+	 */
+	if (t->verify == CONFIG_VERIFY_NONE)
+		return (-1);
+	if ((certs = gnutls_certificate_get_peers(t->s, &n)) == NULL || n == 0)
+		return (-1);
+	if (gnutls_x509_crt_init(crt) < 0)
+		return (-1);
+	if (gnutls_x509_crt_import(*crt, &certs[0], GNUTLS_X509_FMT_DER) < 0) {
+		gnutls_x509_crt_deinit(*crt);
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * A certificate with an empty subject (its names are only in the subject
+ * alternative names) is still a certificate: name it by its first SAN,
+ * "DNS:name", "email:addr", "URI:uri" or "IP:addr", which cannot be taken
+ * for a DN (those are "attr=value"), or failing that by its SHA-256.
+ */
+static void
+describe_nameless(gnutls_x509_crt_t crt, char *buf, size_t len)
+{
+	unsigned char san[256], fp[32];
+	char ip[INET6_ADDRSTRLEN];
+	size_t sz = sizeof(san) - 1, fpsz = sizeof(fp), i, o;
+	const char *kind = NULL;
+	int type;
+
+	type = gnutls_x509_crt_get_subject_alt_name(crt, 0, san, &sz, NULL);
+	switch (type) {
+	case GNUTLS_SAN_DNSNAME:
+		kind = "DNS";
+		break;
+	case GNUTLS_SAN_RFC822NAME:
+		kind = "email";
+		break;
+	case GNUTLS_SAN_URI:
+		kind = "URI";
+		break;
+	case GNUTLS_SAN_IPADDRESS:
+		if (inet_ntop(sz == 4 ? AF_INET : AF_INET6, san, ip,
+		    sizeof(ip)) != NULL && (sz == 4 || sz == 16)) {
+			snprintf(buf, len, "IP:%s", ip);
+			return;
+		}
+		break;
+	default:
+		break;
+	}
+	if (kind != NULL && memchr(san, '\0', sz) == NULL) {
+		san[sz] = '\0';
+		snprintf(buf, len, "%s:%s", kind, (const char *)san);
+		return;
+	}
+	if (gnutls_x509_crt_get_fingerprint(crt, GNUTLS_DIG_SHA256, fp,
+	    &fpsz) < 0) {
+		snprintf(buf, len, "(no subject)");
+		return;
+	}
+	o = (size_t)snprintf(buf, len, "sha256:");
+	for (i = 0; i < fpsz && o + 3 <= len; i++, o += 2)
+		snprintf(buf + o, len - o, "%02x", fp[i]);
+}
+
 /**
  * tlsio_peer_subject(t, buf, len):
- * Write the verified peer certificate's subject DN into ${buf} ("" if none).
+ * Write the verified peer certificate's subject DN into ${buf}: "" if and
+ * only if there is none (judged by the peer's certificate list, never by the
+ * DN).  A certificate with an empty subject is named by its first subject
+ * alternative name ("DNS:name", "email:addr", ...) or its SHA-256.
  */
 void
 tlsio_peer_subject(const struct tlsio *t, char *buf, size_t len)
 {
-	const gnutls_datum_t *certs;
-	unsigned int n = 0;
 	gnutls_x509_crt_t crt;
 	gnutls_datum_t dn;
 
 	buf[0] = '\0';
-	if ((certs = gnutls_certificate_get_peers(t->s, &n)) == NULL || n == 0)
+	if (len < 2 || verified_leaf(t, &crt) < 0)
 		return;
-	if (gnutls_x509_crt_init(&crt) < 0)
-		return;
-	if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) >= 0 &&
-	    gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0) {
+	if (gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0) {
 		snprintf(buf, len, "%.*s", (int)dn.size, (const char *)dn.data);
 		gnutls_free(dn.data);
 	}
+	if (buf[0] == '\0')
+		describe_nameless(crt, buf, len);
+	if (buf[0] == '\0')
+		snprintf(buf, len, "?");
 	gnutls_x509_crt_deinit(crt);
 }
 
 /**
+ * tlsio_peer_verified(t):
+ * Return 1 if the peer presented a certificate and it was verified.
+ */
+int
+tlsio_peer_verified(const struct tlsio *t)
+{
+	gnutls_x509_crt_t crt;
+
+	if (verified_leaf(t, &crt) < 0)
+		return (0);
+	gnutls_x509_crt_deinit(crt);
+	return (1);
+}
+
+/**
  * tlsio_peer_cn(t, buf, len):
- * Write the peer certificate's common name into ${buf} ("" if none).
+ * Write the verified peer certificate's common name into ${buf} ("" if none).
  */
 void
 tlsio_peer_cn(const struct tlsio *t, char *buf, size_t len)
 {
-	const gnutls_datum_t *certs;
-	unsigned int n = 0;
 	gnutls_x509_crt_t crt;
 	size_t sz = len;
 
 	buf[0] = '\0';
-	if ((certs = gnutls_certificate_get_peers(t->s, &n)) == NULL || n == 0)
+	if (verified_leaf(t, &crt) < 0)
 		return;
-	if (gnutls_x509_crt_init(&crt) < 0)
-		return;
-	if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) < 0 ||
-	    gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0,
+	if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0,
 	    0, buf, &sz) < 0)
 		buf[0] = '\0';
 	gnutls_x509_crt_deinit(crt);
@@ -609,4 +728,120 @@ tlsio_session_data(const struct tlsio *t, gnutls_datum_t *out)
 	    !(gnutls_session_get_flags(t->s) & GNUTLS_SFLAGS_SESSION_TICKET))
 		return (-1);
 	return (gnutls_session_get_data2(t->s, out) < 0 ? -1 : 0);
+}
+
+/**
+ * tlsio_priority_init(prio, str, errpos):
+ * Make ${prio} from the priority string ${str} exactly as written (GnuTLS's
+ * default is not appended: it would add back what ${str} leaves out).
+ * Return 0, or a GnuTLS error with ${errpos} pointing into ${str}.
+ */
+int
+tlsio_priority_init(gnutls_priority_t *prio, const char *str,
+    const char **errpos)
+{
+
+	/* No GNUTLS_PRIORITY_INIT_DEF_APPEND: "NORMAL:" + str would allow
+	 * SHA-1 signatures and ciphers the operator did not ask for. */
+	return (gnutls_priority_init2(prio, str, errpos, 0));
+}
+
+/* Append the names of ${n} ids to ${f}, comma-separated. */
+static void
+name_list(FILE *f, const unsigned int *ids, int n,
+    const char *(*name)(unsigned int))
+{
+	const char *s;
+	int i, first = 1;
+
+	for (i = 0; i < n; i++) {
+		if ((s = name(ids[i])) == NULL)
+			continue;
+		fprintf(f, "%s%s", first ? "" : ",", s);
+		first = 0;
+	}
+}
+
+static const char *
+version_name(unsigned int v)
+{
+
+	return (gnutls_protocol_get_name((gnutls_protocol_t)v));
+}
+
+static const char *
+cipher_name(unsigned int v)
+{
+
+	return (gnutls_cipher_get_name((gnutls_cipher_algorithm_t)v));
+}
+
+static const char *
+group_name(unsigned int v)
+{
+
+	return (gnutls_group_get_name((gnutls_group_t)v));
+}
+
+static const char *
+sign_name(unsigned int v)
+{
+
+	return (gnutls_sign_get_name((gnutls_sign_algorithm_t)v));
+}
+
+/**
+ * tlsio_priority_log(prio, listener, side, str):
+ * Log (info) what ${prio}, made from ${str}, allows on ${side} ("client" or
+ * "backend") of ${listener}: protocol versions, ciphers, groups and
+ * signature algorithms.
+ */
+void
+tlsio_priority_log(gnutls_priority_t prio, const char *listener,
+    const char *side, const char *str)
+{
+	static const char *const what[] = {
+		"versions", "ciphers", "groups", "signatures" };
+	const char *(*const namef[])(unsigned int) = {
+		version_name, cipher_name, group_name, sign_name };
+	struct log_field f[8];
+	char *lists[4] = { NULL, NULL, NULL, NULL };
+	const unsigned int *ids;
+	size_t len, i;
+	FILE *mf;
+	int n;
+
+	if (!log_enabled(CONFIG_LOG_INFO))
+		return;
+	for (i = 0; i < 4; i++) {
+		if ((mf = open_memstream(&lists[i], &len)) == NULL)
+			goto out;
+		switch (i) {
+		case 0:
+			n = gnutls_priority_protocol_list(prio, &ids);
+			break;
+		case 1:
+			n = gnutls_priority_cipher_list(prio, &ids);
+			break;
+		case 2:
+			n = gnutls_priority_group_list(prio, &ids);
+			break;
+		default:
+			n = gnutls_priority_sign_list(prio, &ids);
+			break;
+		}
+		if (n > 0)
+			name_list(mf, ids, n, namef[i]);
+		if (fclose(mf) != 0)
+			goto out;
+	}
+	f[0] = LOG_STR("listener", listener);
+	f[1] = LOG_STR("side", side);
+	f[2] = LOG_STR("priority", str);
+	for (i = 0; i < 4; i++)
+		f[3 + i] = LOG_STR(what[i], lists[i]);
+	log_fields(CONFIG_LOG_INFO, "tls_priority", f, 7);
+out:
+	for (i = 0; i < 4; i++)
+		free(lists[i]);
 }
