@@ -40,25 +40,131 @@ putc1(struct lbuf *l, char c)
 	put(l, &c, 1);
 }
 
-static void
-put_json_string(struct lbuf *l, const char *s)
+/*
+ * JSON lines are written so that every line parses, however long its
+ * values: a cut happens only between whole escape units inside a string
+ * value (never through an escape or a UTF-8 sequence), the string is then
+ * closed, a field that does not fit at all is left out whole, and the
+ * object ends with "truncated":true.  Room for that ending is kept from
+ * the start.  Bytes that are not UTF-8 are written as U+FFFD, so the line
+ * is valid UTF-8 too.
+ */
+static const char json_cut_tail[] = ",\"truncated\":true}";
+#define JSON_LIM	(LOG_LINE_MAX - 1 - (sizeof(json_cut_tail) - 1))
+
+/* All of ${s} or nothing; -1 if it does not fit. */
+static int
+jput(struct lbuf *l, const char *s, size_t n)
 {
+
+	if (n > JSON_LIM - l->len)
+		return (-1);
+	memcpy(l->b + l->len, s, n);
+	l->len += n;
+	return (0);
+}
+
+/* The length of the well-formed UTF-8 sequence at ${s}, or 0. */
+static size_t
+utf8_len(const unsigned char *s)
+{
+	unsigned char c = s[0];
+	size_t n, i;
+
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4;
+	else
+		return (0);
+	for (i = 1; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)	/* also stops at the NUL */
+			return (0);
+	/* No overlong forms, no surrogates, nothing above U+10FFFF. */
+	if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f) ||
+	    (c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))
+		return (0);
+	return (n);
+}
+
+/*
+ * Write ${s} as a JSON string.  Return 0 if it all went in, 1 if it was cut
+ * (and closed), -1 if not even "" fits (nothing written).
+ */
+static int
+put_json_string(struct lbuf *l, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
 	char esc[8];
+	const char *u;
+	size_t n;
 
-	putc1(l, '"');
-	for (; *s != '\0'; s++) {
-		unsigned char ch = (unsigned char)*s;
-
-		if (ch == '"' || ch == '\\') {
-			putc1(l, '\\');
-			putc1(l, (char)ch);
-		} else if (ch < 0x20 || ch == 0x7f) {
-			snprintf(esc, sizeof(esc), "\\u%04x", ch);
-			put(l, esc, 6);
-		} else
-			putc1(l, (char)ch);
+	if (JSON_LIM - l->len < 2)
+		return (-1);
+	l->b[l->len++] = '"';
+	while (*s != '\0') {
+		if (*s == '"' || *s == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)*s;
+			u = esc;
+			n = 2;
+		} else if (*s < 0x20 || *s == 0x7f) {
+			snprintf(esc, sizeof(esc), "\\u%04x", *s);
+			u = esc;
+			n = 6;
+		} else if (*s < 0x80) {
+			u = (const char *)s;
+			n = 1;
+		} else if ((n = utf8_len(s)) > 0)
+			u = (const char *)s;
+		else {
+			u = "\\ufffd";
+			n = 6;
+		}
+		/* Keep room for the closing quote. */
+		if (n + 1 > JSON_LIM - l->len) {
+			l->b[l->len++] = '"';
+			return (1);
+		}
+		memcpy(l->b + l->len, u, n);
+		l->len += n;
+		s += (u == (const char *)s) ? n : 1;
 	}
-	putc1(l, '"');
+	l->b[l->len++] = '"';
+	return (0);
+}
+
+/* One ,"key":value member; 0, or -1 when the line is full (l->cut set). */
+static int
+put_json_field(struct lbuf *l, const struct log_field *f)
+{
+	size_t mark = l->len;
+	char num[32];
+	int rc;
+
+	if (jput(l, ",", 1) < 0 || put_json_string(l, f->key) != 0 ||
+	    jput(l, ":", 1) < 0)
+		goto full;
+	if (f->str != NULL) {
+		if ((rc = put_json_string(l, f->str)) < 0)
+			goto full;
+		if (rc > 0) {
+			l->cut = 1;
+			return (-1);
+		}
+		return (0);
+	}
+	snprintf(num, sizeof(num), "%lld", (long long)f->num);
+	if (jput(l, num, strlen(num)) < 0)
+		goto full;
+	return (0);
+full:
+	/* Leave the member out whole rather than half of it. */
+	l->len = mark;
+	l->cut = 1;
+	return (-1);
 }
 
 /* Text values are quoted when they would not read back as one token. */
@@ -140,34 +246,23 @@ log_fields(enum config_loglevel lvl, const char *event,
 	    tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
 
 	if (format == CONFIG_LOG_JSON) {
-		put(&l, "{\"ts\":\"", 7);
-		put(&l, tbuf, strlen(tbuf));
-		put(&l, "\",\"level\":\"", 11);
-		put(&l, level_names[lvl], strlen(level_names[lvl]));
-		put(&l, "\",\"event\":", 10);
-		put_json_string(&l, event);
-		for (i = 0; i < n; i++) {
-			putc1(&l, ',');
-			put_json_string(&l, f[i].key);
-			putc1(&l, ':');
-			if (f[i].str != NULL)
-				put_json_string(&l, f[i].str);
-			else {
-				snprintf(num, sizeof(num), "%lld",
-				    (long long)f[i].num);
-				put(&l, num, strlen(num));
-			}
-		}
-		/* A cut JSON line would not parse: end it cleanly instead. */
+		/* The head always fits: JSON_LIM is far above it. */
+		(void)jput(&l, "{\"ts\":\"", 7);
+		(void)jput(&l, tbuf, strlen(tbuf));
+		(void)jput(&l, "\",\"level\":\"", 11);
+		(void)jput(&l, level_names[lvl], strlen(level_names[lvl]));
+		(void)jput(&l, "\",\"event\":", 10);
+		if (put_json_string(&l, event) != 0)
+			l.cut = 1;
+		for (i = 0; i < n && !l.cut; i++)
+			(void)put_json_field(&l, &f[i]);
+		/* Room for the ending was kept aside (JSON_LIM). */
 		if (l.cut) {
-			l.len = l.len > sizeof(l.b) - 32 ? sizeof(l.b) - 32 :
-			    l.len;
-			while (l.len > 0 && l.b[l.len - 1] != ',')
-				l.len--;
-			l.cut = 0;
-			put(&l, "\"truncated\":true", 16);
-		}
-		putc1(&l, '}');
+			memcpy(l.b + l.len, json_cut_tail,
+			    sizeof(json_cut_tail) - 1);
+			l.len += sizeof(json_cut_tail) - 1;
+		} else
+			l.b[l.len++] = '}';
 	} else {
 		put(&l, "ts=", 3);
 		put(&l, tbuf, strlen(tbuf));
