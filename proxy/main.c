@@ -275,6 +275,9 @@ run(struct mainctx *m)
 	/* Ports are bound: now nothing needs root any more. */
 	if (cfg->user != NULL && drop_privileges(cfg->user) < 0)
 		goto out;
+	if (cfg->user == NULL && geteuid() == 0)
+		log_warn("start", "running as root: set user = in [global] to "
+		    "drop root once the ports are bound");
 
 	for (i = 0; i < m->nws; i++)
 		if (worker_start(m->ws[i]) < 0) {
