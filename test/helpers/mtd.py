@@ -225,6 +225,8 @@ class Certs:
         expired               valid names, expired in 2020
         other_name            signed by the CA, only for other.example.test
         unknown_ca            for localhost/127.0.0.1, signed by an unknown CA
+        client_server_eku     from the CA, extended key usage serverAuth only
+        client_san_only       a client certificate with an empty subject
     Every pair is a CertPair(cert, key, chain) of file paths; chain is the leaf
     followed by its CA.  issue() makes more.
     """
@@ -278,19 +280,27 @@ class Certs:
         return key, cert
 
     def issue(self, name, names=NAMES, ips=IPS, kind="ecdsa", client=False,
-              ca=None, activation=None, expiration=None, cn=None):
-        """Make a leaf certificate; return a CertPair."""
+              ca=None, activation=None, expiration=None, cn=None,
+              purposes=None, empty_subject=False):
+        """Make a leaf certificate; return a CertPair.  purposes: the
+        certtool key purposes (e.g. ["tls_www_server"]) instead of the
+        one that client= picks; empty_subject: no subject DN at all (the
+        names are then only in the subject alternative names)."""
         ca_key, ca_cert = ca or (self.ca_key, self.ca)
         key = self._key(name, kind)
         self._n += 1
-        lines = ['cn = "%s"' % (cn or (names[0] if names else name)),
-                 'organization = "mailtlsd tests"',
-                 "serial = %d" % (1000 + self._n), "signing_key"]
+        lines = [] if empty_subject else [
+            'cn = "%s"' % (cn or (names[0] if names else name)),
+            'organization = "mailtlsd tests"']
+        lines += ["serial = %d" % (1000 + self._n), "signing_key"]
         if kind == "rsa":
             lines.append("encryption_key")
         lines += ['dns_name = "%s"' % n for n in names]
         lines += ['ip_address = "%s"' % i for i in ips]
-        lines.append("tls_www_client" if client else "tls_www_server")
+        if purposes is not None:
+            lines += list(purposes)
+        else:
+            lines.append("tls_www_client" if client else "tls_www_server")
         if activation:
             lines.append('activation_date = "%s"' % activation)
         if expiration:
@@ -339,6 +349,20 @@ class Certs:
     @functools.cached_property
     def unknown_ca(self):
         return self.issue("unknown-ca-leaf", ca=self.unknown_ca_pair)
+
+    @functools.cached_property
+    def client_server_eku(self):
+        """From the test CA, with extended key usage serverAuth only."""
+        return self.issue("client-server-eku", names=(), ips=(),
+                          cn="server-eku.example.test",
+                          purposes=["tls_www_server"])
+
+    @functools.cached_property
+    def client_san_only(self):
+        """A client certificate from the test CA with an empty subject:
+        its only name is the DNS subject alternative name."""
+        return self.issue("client-san-only", names=("san-only.example.test",),
+                          ips=(), client=True, empty_subject=True)
 
 
 _certs = None
