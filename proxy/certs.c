@@ -179,8 +179,9 @@ load_pair(struct certs *c, const struct config_certpair *p,
 		goto out;
 	}
 	if (read_file(p->key, &data, &mode) < 0) {
-		fprintf(errf, "%s:%d: cannot read key %s: %s\n", cfgpath,
-		    p->line, p->key, strerror(errno));
+		fprintf(errf, "%s:%d: cannot use certificate %s with key "
+		    "%s: cannot read the key: %s\n", cfgpath, p->line, p->cert,
+		    p->key, strerror(errno));
 		goto out;
 	}
 	/* Issue 12 item 13: a private key is for our eyes only. */
@@ -195,8 +196,9 @@ load_pair(struct certs *c, const struct config_certpair *p,
 		    GNUTLS_X509_FMT_PEM, NULL, 0);
 	wipe(&data);
 	if (rc < 0) {
-		fprintf(errf, "%s:%d: key %s does not parse: %s\n", cfgpath,
-		    p->line, p->key, gnutls_strerror(rc));
+		fprintf(errf, "%s:%d: cannot use certificate %s with key "
+		    "%s: the key does not parse: %s\n", cfgpath, p->line,
+		    p->cert, p->key, gnutls_strerror(rc));
 		goto out;
 	}
 	/* GnuTLS copies both and checks that the key matches the leaf. */
