@@ -7,6 +7,9 @@
 #ifndef MAILTLSD_CERTS_H
 #define MAILTLSD_CERTS_H
 
+#include <sys/stat.h>
+#include <sys/types.h>
+
 #include <stdio.h>
 #include <time.h>
 
@@ -21,8 +24,8 @@ struct certs;
  * Build the credentials for listener ${l}: read and check every pair (the
  * chain parses, the key matches the leaf, the leaf has not expired), make a
  * throw-away self-signed certificate for "cert = auto", and load client_ca.
- * Each file is read once.  A key readable by group or others is warned
- * about in the log.
+ * Each file is read once.  A key that certs_key_exposed() is warned about
+ * in the log.
  * Problems are written to ${errf} as "CFGPATH:LINE: message" lines.  Return
  * a set holding one reference for the caller, or NULL.
  */
@@ -64,6 +67,20 @@ gnutls_certificate_credentials_t certs_cred(const struct certs *);
 size_t certs_count(const struct certs *);
 time_t certs_not_after(const struct certs *, size_t);
 const char *certs_subject(const struct certs *, size_t);
+
+/**
+ * certs_key_group(gid):
+ * Let group ${gid} (that of [global] user) read keys without a warning.
+ * Call before any certs_load().
+ */
+void certs_key_group(gid_t);
+
+/**
+ * certs_key_exposed(st):
+ * Return 1 if a key file with status ${st} can be read by others, or by a
+ * group other than the one given to certs_key_group().
+ */
+int certs_key_exposed(const struct stat *);
 
 /* The size of certs_policy(). */
 #define CERTS_POLICY_LEN	32

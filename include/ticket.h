@@ -22,8 +22,8 @@ struct ticket;
 /**
  * ticket_new(cfg, errf):
  * Load the key from cfg->ticket_key_file (64 bytes, base64), or make a
- * random one if there is no such key.  A file readable by group or others
- * is warned about in the log.  Problems are written to ${errf}.
+ * random one if there is no such key.  A file that certs_key_exposed() is
+ * warned about in the log.  Problems are written to ${errf}.
  * Return the key holder, or NULL.
  */
 struct ticket *ticket_new(const struct config *, FILE *);

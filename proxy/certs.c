@@ -35,6 +35,9 @@ struct certs_slot {
 	struct certs	*cur;
 };
 
+/* Besides the owner, this group may read keys: [global] user's. */
+static gid_t key_gid = (gid_t)-1;
+
 static void
 certs_free(struct certs *c)
 {
@@ -62,10 +65,10 @@ crt_subject(gnutls_x509_crt_t crt)
 
 /*
  * Read ${path} whole into ${out} (free with gnutls_free) with one open(2),
- * and its mode into ${mode}.  Return 0, or -1 with errno set.
+ * and its status into ${stp}.  Return 0, or -1 with errno set.
  */
 static int
-read_file(const char *path, gnutls_datum_t *out, mode_t *mode)
+read_file(const char *path, gnutls_datum_t *out, struct stat *stp)
 {
 	struct stat st;
 	unsigned char *buf = NULL;
@@ -81,7 +84,7 @@ read_file(const char *path, gnutls_datum_t *out, mode_t *mode)
 		errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
 		goto err;
 	}
-	*mode = st.st_mode;
+	*stp = st;
 	/* st_size is only a hint: the file may be growing. */
 	for (;;) {
 		unsigned char *nb;
@@ -150,10 +153,10 @@ load_pair(struct certs *c, const struct config_certpair *p,
 	gnutls_x509_privkey_t key = NULL;
 	unsigned int ncrts = 0, i;
 	time_t exp, now = time(NULL);
-	mode_t mode;
+	struct stat st;
 	int rc, ret = -1;
 
-	if (read_file(p->cert, &data, &mode) < 0) {
+	if (read_file(p->cert, &data, &st) < 0) {
 		fprintf(errf, "%s:%d: cannot read certificate %s: %s\n",
 		    cfgpath, p->line, p->cert, strerror(errno));
 		return (-1);
@@ -178,19 +181,18 @@ load_pair(struct certs *c, const struct config_certpair *p,
 		    cfgpath, p->line, p->cert, when);
 		goto out;
 	}
-	if (read_file(p->key, &data, &mode) < 0) {
+	if (read_file(p->key, &data, &st) < 0) {
 		fprintf(errf, "%s:%d: cannot use certificate %s with key "
 		    "%s: cannot read the key: %s\n", cfgpath, p->line, p->cert,
 		    p->key, strerror(errno));
 		goto out;
 	}
-	/* Issue 12 item 13: a private key is for our eyes only. */
-	if (mode & (S_IRGRP | S_IROTH))
+	if (certs_key_exposed(&st))
 		log_warn("key_permissions", "listener %s: key %s is readable "
-		    "by %s (mode %04o); make it 0600, owned by the user "
-		    "mailtlsd runs as", lname, p->key,
-		    (mode & S_IROTH) ? "others" : "its group",
-		    (unsigned)(mode & 07777));
+		    "by %s (mode %04o); make it 0600 and owned by the user "
+		    "mailtlsd runs as (or 0640 in that user's group)", lname,
+		    p->key, (st.st_mode & S_IROTH) ? "others" : "its group",
+		    (unsigned)(st.st_mode & 07777));
 	if ((rc = gnutls_x509_privkey_init(&key)) >= 0)
 		rc = gnutls_x509_privkey_import2(key, &data,
 		    GNUTLS_X509_FMT_PEM, NULL, 0);
@@ -315,8 +317,8 @@ out:
  * Build the credentials for listener ${l}: read and check every pair (the
  * chain parses, the key matches the leaf, the leaf has not expired), make a
  * throw-away self-signed certificate for "cert = auto", and load client_ca.
- * Each file is read once.  A key readable by group or others is warned
- * about in the log.
+ * Each file is read once.  A key that certs_key_exposed() is warned about
+ * in the log.
  * Problems are written to ${errf} as "CFGPATH:LINE: message" lines.  Return
  * a set holding one reference for the caller, or NULL.
  */
@@ -361,10 +363,10 @@ certs_load(const struct config_listener *l, const char *cfgpath, FILE *errf)
 	}
 	if (l->client_ca != NULL) {
 		gnutls_datum_t ca = { NULL, 0 };
-		mode_t mode;
+		struct stat st;
 
 		rc = 0;
-		if (read_file(l->client_ca, &ca, &mode) < 0)
+		if (read_file(l->client_ca, &ca, &st) < 0)
 			fprintf(errf, "%s:%d: cannot read client_ca %s: %s\n",
 			    cfgpath, l->client_ca_line, l->client_ca,
 			    strerror(errno));
@@ -502,6 +504,33 @@ certs_policy(const struct certs *c)
 {
 
 	return (c->policy);
+}
+
+/**
+ * certs_key_group(gid):
+ * Let group ${gid} (that of [global] user) read keys without a warning.
+ * Call before any certs_load().
+ */
+void
+certs_key_group(gid_t gid)
+{
+
+	key_gid = gid;
+}
+
+/**
+ * certs_key_exposed(st):
+ * Return 1 if a key file with status ${st} can be read by others, or by a
+ * group other than the one given to certs_key_group().
+ */
+int
+certs_key_exposed(const struct stat *st)
+{
+
+	/* Issue 12 item 13: a private key is for mailtlsd's eyes only. */
+	if (st->st_mode & S_IROTH)
+		return (1);
+	return ((st->st_mode & S_IRGRP) && st->st_gid != key_gid);
 }
 
 /**

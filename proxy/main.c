@@ -330,6 +330,7 @@ main(int argc, char *argv[])
 		{ NULL, 0, NULL, 0 },
 	};
 	struct mainctx m;
+	struct passwd *pw;
 	const char *path = NULL;
 	int ch, check = 0, rc;
 
@@ -363,6 +364,8 @@ main(int argc, char *argv[])
 	if ((m.cfg = config_load(path, stderr)) == NULL)
 		return (EXIT_CONFIG);
 	log_setup(m.cfg->log_level, m.cfg->log_format);
+	if (m.cfg->user != NULL && (pw = getpwnam(m.cfg->user)) != NULL)
+		certs_key_group(pw->pw_gid);
 	if ((m.ticket = ticket_new(m.cfg, stderr)) == NULL) {
 		rc = check ? EXIT_CONFIG : EXIT_STARTUP;
 		goto out;

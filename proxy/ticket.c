@@ -8,6 +8,7 @@
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 
+#include "certs.h"
 #include "log.h"
 #include "ticket.h"
 
@@ -59,8 +60,8 @@ read_key(const char *path, const char *cfgpath, unsigned char *out, FILE *errf)
 /**
  * ticket_new(cfg, errf):
  * Load the key from cfg->ticket_key_file (64 bytes, base64), or make a
- * random one if there is no such key.  A file readable by group or others
- * is warned about in the log.  Problems are written to ${errf}.
+ * random one if there is no such key.  A file that certs_key_exposed() is
+ * warned about in the log.  Problems are written to ${errf}.
  * Return the key holder, or NULL.
  */
 struct ticket *
@@ -80,12 +81,12 @@ ticket_new(const struct config *cfg, FILE *errf)
 			goto err;
 		/* Whoever reads it can decrypt every recorded session. */
 		if (stat(cfg->ticket_key_file, &st) == 0 &&
-		    (st.st_mode & (S_IRGRP | S_IROTH)))
+		    certs_key_exposed(&st))
 			log_warn("key_permissions", "ticket_key_file %s is "
-			    "readable by %s (mode %04o); make it 0600, owned "
-			    "by the user mailtlsd runs as",
-			    cfg->ticket_key_file, (st.st_mode & S_IROTH) ?
-			    "others" : "its group",
+			    "readable by %s (mode %04o); make it 0600 and "
+			    "owned by the user mailtlsd runs as (or 0640 in "
+			    "that user's group)", cfg->ticket_key_file,
+			    (st.st_mode & S_IROTH) ? "others" : "its group",
 			    (unsigned)(st.st_mode & 07777));
 		return (t);
 	}

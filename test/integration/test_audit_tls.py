@@ -17,6 +17,7 @@ Issue 12 (audit), the TLS items, and issue 13 item 5 (certs.c):
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -627,13 +628,21 @@ class StartupWarnings(unittest.TestCase):
                 self.assertIn(key, w, d.log)
                 self.assertIn(tk, w, d.log)
                 d.stop()
-        key = self.key("key-600.pem", 0o600)
-        tk = ticket_key(self.dir, "ticket-600.key")
-        d = self.start(key, ticket_key_file=tk, user="nobody")
-        w = "\n".join(self.warnings(d))
-        self.assertNotIn(key, w, d.log)
-        self.assertNotIn(tk, w, d.log)
-        d.stop()
+        # 0600, and 0640 in the group of [global] user: no warning
+        gid = pwd.getpwnam("nobody").pw_gid
+        for mode, group in ((0o600, None), (0o640, gid)):
+            with self.subTest(mode=oct(mode), group=group):
+                key = self.key("key-ok-%o.pem" % mode, mode)
+                tk = ticket_key(self.dir, "ticket-ok-%o.key" % mode)
+                os.chmod(tk, mode)
+                if group is not None:
+                    os.chown(key, -1, group)
+                    os.chown(tk, -1, group)
+                d = self.start(key, ticket_key_file=tk, user="nobody")
+                w = "\n".join(self.warnings(d))
+                self.assertNotIn(key, w, d.log)
+                self.assertNotIn(tk, w, d.log)
+                d.stop()
 
 
 # --------------------------------------------------------------------------
