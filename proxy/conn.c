@@ -1329,12 +1329,12 @@ backend_ready(struct conn *c, struct side *b)
 		nw = w->next;
 		b->queued -= w->len;
 		if (side_write(b, w->data, w->len) < 0) {
+			free(w);
 			for (w = nw; w != NULL; w = nw) {
 				nw = w->next;
 				b->queued -= w->len;
 				free(w);
 			}
-			free(w);
 			finish(c, "backend_error");
 			return;
 		}
