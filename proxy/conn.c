@@ -90,6 +90,19 @@ static const char *const phase_names[] = {
 };
 
 /*
+ * The client's TLS records during its handshake, walked only to spot a
+ * plaintext alert: a TLS 1.3 client that rejects our certificate sends its
+ * alert unencrypted (it has no handshake keys for writing yet), which GnuTLS
+ * 3.7 reports as a decryption failure.
+ */
+struct hs_rec {
+	unsigned char	 hdr[5];
+	uint8_t		 hlen;		/* header bytes seen */
+	uint16_t	 pos;		/* body bytes seen */
+	int		 alert;		/* description + 1 of an alert seen */
+};
+
+/*
  * What a PROXY header toward the backend says; kept (256 bytes) only on
  * listeners that send one.
  */
@@ -126,6 +139,8 @@ struct conn {
 	int			 client_tls_up;
 	int			 starttls_used;
 	int			 hs_done;
+	int			 hs_begun;	/* the client sent handshake bytes */
+	struct hs_rec		 hsrec;		/* its records, until hs_done */
 	int			 pre_tls_deadline; /* hs_deadline also bounds
 						      the plaintext phase */
 	const char		*reason;
@@ -162,6 +177,7 @@ static void	backend_unavailable(struct conn *, const char *);
 static void	backend_ready(struct conn *, struct side *);
 static void	backend_dialogue(struct conn *, struct side *, const char *,
 		    size_t);
+static void	settle(struct conn *);
 
 /* "" for a name that is not there. */
 static const char *
@@ -235,10 +251,9 @@ write_cb(uv_write_t *req, int status)
 		maybe_close(c);
 		return;
 	}
-	if (s->dead) {
-		finish(c, s->is_client ? "client_error" : "backend_error");
+	settle(c);
+	if (c->phase == CONN_CLOSING)
 		return;
-	}
 	/* RFC 3207 4.2 / RFC 2595: TLS starts once our reply is out. */
 	if (c->phase == CONN_STARTTLS_FLUSH && s->is_client && s->queued == 0) {
 		c->phase = CONN_STARTTLS_HS;
@@ -330,6 +345,19 @@ pend_write(struct side *s, const void *data, size_t len)
 	return (0);
 }
 
+static void
+pend_discard(struct side *s)
+{
+	struct wreq *w, *nw;
+
+	for (w = s->pend_head; w != NULL; w = nw) {
+		nw = w->next;
+		s->queued -= w->len;
+		free(w);
+	}
+	s->pend_head = s->pend_tail = NULL;
+}
+
 static int
 tls_push(void *arg, const void *data, size_t len)
 {
@@ -364,6 +392,19 @@ side_read_stop(struct side *s)
 }
 
 /*
+ * While a client line is held back the client is still read, up to one
+ * line's worth: enough to see it hang up (and end the session then) rather
+ * than leave its end unread until idle_timeout, and bounded like the
+ * parser's buffer.
+ */
+static int
+client_readable(const struct conn *c)
+{
+
+	return (!c->hold || c->client.lblen < c->ops->max_line);
+}
+
+/*
  * One place decides who is read: the phase, the other side's queue
  * (backpressure), a held client line, and end of stream.
  */
@@ -383,21 +424,21 @@ update_reading(struct conn *c)
 		rc = 1;
 		break;
 	case CONN_CONNECTING:
+	case CONN_BACKEND_STARTTLS:
+	case CONN_BACKEND_TLS:
 		/*
 		 * Before TLS, nothing more from the client until the backend is
 		 * there.  Once the client is on TLS, what it says waits for the
 		 * backend (bounded like a write queue) as if it had come with
-		 * its Finished: not pausing saves re-arming the socket.
+		 * its Finished: not pausing saves re-arming the socket, and a
+		 * client that hangs up meanwhile is seen at once.
 		 */
-		rc = c->client_tls_up && !c->hold &&
+		rc = c->client_tls_up && client_readable(c) &&
 		    (b == NULL || b->queued < SIDE_HWM);
-		break;
-	case CONN_BACKEND_STARTTLS:
-	case CONN_BACKEND_TLS:
-		rb = 1;
+		rb = c->phase != CONN_CONNECTING;
 		break;
 	case CONN_RELAY:
-		rc = !c->hold && (b == NULL || b->queued < SIDE_HWM);
+		rc = client_readable(c) && (b == NULL || b->queued < SIDE_HWM);
 		rb = b != NULL && b->connected && c->client.queued < SIDE_HWM;
 		break;
 	case CONN_CLOSING:
@@ -625,8 +666,11 @@ finish(struct conn *c, const char *reason)
 	c->phase = CONN_CLOSING;
 	c->reason = reason;
 	side_read_stop(&c->client);
-	if (side_live(b))
+	if (side_live(b)) {
 		side_read_stop(b);
+		/* Never sent now: it must not hold the linger open. */
+		pend_discard(b);
+	}
 	if (c->client.tls != NULL && c->hs_done && !c->client.dead)
 		tlsio_bye(c->client.tls);
 	if (side_live(b) && b->tls != NULL && b->connected && !b->dead)
@@ -757,6 +801,68 @@ alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	*buf = uv_buf_init(s->c->w->rbuf, sizeof(s->c->w->rbuf));
 }
 
+/* The backend is being set up: connect, its STARTTLS dialogue, its TLS. */
+static int
+backend_setting_up(const struct conn *c)
+{
+
+	return (c->phase == CONN_CONNECTING ||
+	    c->phase == CONN_BACKEND_STARTTLS || c->phase == CONN_BACKEND_TLS);
+}
+
+/*
+ * The client's TLS handshake has begun (it sent something: a port probe
+ * that connects and closes is not a handshake) and not finished.
+ */
+static int
+client_in_handshake(const struct conn *c)
+{
+
+	return (c->client.tls != NULL && c->hs_begun && !c->hs_done);
+}
+
+/*
+ * The client hung up or failed in the middle of its handshake: a handshake
+ * failure like any other (logged and counted), not a silent close.
+ */
+static void
+client_hs_gone(struct conn *c, const char *why)
+{
+
+	log_fields(CONFIG_LOG_INFO, "handshake_failed", (struct log_field[]){
+	    LOG_NUM("conn", c->id), LOG_STR("listener", c->lc->name),
+	    LOG_STR("client", c->peer), LOG_STR("reason", "other"),
+	    LOG_STR("error", why) }, 5);
+	count(c, METRIC_HS_FAIL_OTHER, 1);
+}
+
+/*
+ * The one place that turns a side found dead (a failed write, noted by
+ * side_failed wherever it happened, even inside a TLS push) into the end of
+ * the session, so that no path can leave a dead side behind unnoticed.
+ */
+static void
+settle(struct conn *c)
+{
+	struct side *b = c->backend;
+
+	if (c->phase == CONN_CLOSING)
+		return;
+	if (side_live(b) && b->dead) {
+		if (backend_setting_up(c))
+			backend_unavailable(c, c->detail[0] != '\0' ? c->detail :
+			    "backend write failed");
+		else
+			finish(c, "backend_error");
+		return;
+	}
+	if (c->client.dead) {
+		if (client_in_handshake(c))
+			client_hs_gone(c, c->detail);
+		finish(c, "client_error");
+	}
+}
+
 /* The end of one direction: pass it on (close_notify, FIN) to the other. */
 static void
 side_eof(struct conn *c, struct side *s)
@@ -765,6 +871,14 @@ side_eof(struct conn *c, struct side *s)
 
 	s->eof = 1;
 	side_read_stop(s);
+	if (!s->is_client && backend_setting_up(c)) {
+		/* A backend failure: the client hears the protocol's reply. */
+		backend_unavailable(c, "backend closed the connection during "
+		    "its set-up");
+		return;
+	}
+	if (s->is_client && client_in_handshake(c))
+		client_hs_gone(c, "client closed the connection");
 	if (c->phase != CONN_RELAY) {
 		finish(c, s->is_client ? "client_closed" : "backend_closed");
 		return;
@@ -774,16 +888,17 @@ side_eof(struct conn *c, struct side *s)
 		return;
 	}
 	/*
-	 * A mail client that closes is gone: it never half-closes to wait
-	 * for more (it sends QUIT and waits for the reply first).  What it
-	 * sent is delivered, then the backend is closed, rather than waiting
-	 * for the backend to notice.  Opaque listeners keep half-close.
+	 * Mail sessions are never half-closed: a client that closes is gone
+	 * (it sends QUIT and waits for the reply first), and a backend that
+	 * closes has said its last word (a reply to QUIT/LOGOUT, or a BYE).
+	 * What was received is delivered (finish lingers, bounded, for the
+	 * queued bytes and the close_notify), then the other side is closed,
+	 * whatever the parser still holds.  Opaque listeners keep half-close.
 	 */
-	if (s->is_client && c->ops != NULL) {
-		finish(c, "client_closed");
+	if (c->ops != NULL) {
+		finish(c, s->is_client ? "client_closed" : "backend_closed");
 		return;
 	}
-	/* A partial line left in a parser's buffer is not a command. */
 	if (o->tls != NULL)
 		tlsio_bye(o->tls);
 	if (!o->shut) {
@@ -792,6 +907,7 @@ side_eof(struct conn *c, struct side *s)
 			side_failed(o, UV_EPIPE);
 	}
 	update_reading(c);
+	settle(c);
 }
 
 static void
@@ -799,8 +915,42 @@ side_error(struct conn *c, struct side *s, int err)
 {
 
 	side_failed(s, err);
+	if (!s->is_client && backend_setting_up(c)) {
+		backend_unavailable(c, c->detail);
+		return;
+	}
+	if (s->is_client && client_in_handshake(c))
+		client_hs_gone(c, c->detail);
 	/* What the other side already sent us still goes out (finish). */
 	finish(c, s->is_client ? "client_error" : "backend_error");
+}
+
+static void
+hs_watch(struct hs_rec *r, const unsigned char *p, size_t len)
+{
+	size_t blen, n;
+
+	while (len > 0) {
+		if (r->hlen < sizeof(r->hdr)) {
+			r->hdr[r->hlen++] = *p++;
+			len--;
+			r->pos = 0;
+			continue;
+		}
+		blen = (size_t)r->hdr[3] << 8 | r->hdr[4];
+		n = blen - r->pos < len ? blen - r->pos : len;
+		/* An alert record: level, description. */
+		if (r->hdr[0] == 0x15 && blen == 2 && r->pos + n == 2)
+			r->alert = p[n - 1] + 1;
+		r->pos += (uint16_t)n;
+		p += n;
+		len -= n;
+		if (r->pos == blen)
+			r->hlen = 0;
+	}
+	if (r->hlen == sizeof(r->hdr) &&
+	    (r->hdr[3] << 8 | r->hdr[4]) == 0)
+		r->hlen = 0;
 }
 
 static enum metric
@@ -858,6 +1008,28 @@ client_tls_ready(struct conn *c)
 	backend_connect(c);
 }
 
+/* The client's handshake failed: log, count by class, close. */
+static void
+client_hs_failed(struct conn *c, struct tlsio *t)
+{
+	const char *reason = tlsio_fail_reason(t);
+
+	snprintf(c->detail, sizeof(c->detail), "%s", tlsio_strerror(t));
+	if (strcmp(reason, "other") == 0 && c->hsrec.alert != 0) {
+		/* The plaintext alert GnuTLS could not decrypt (hs_rec). */
+		reason = "alert";
+		snprintf(c->detail, sizeof(c->detail), "alert received: %s",
+		    gnutls_alert_get_name(
+		    (gnutls_alert_description_t)(c->hsrec.alert - 1)));
+	}
+	log_fields(CONFIG_LOG_INFO, "handshake_failed", (struct log_field[]){
+	    LOG_NUM("conn", c->id), LOG_STR("listener", c->lc->name),
+	    LOG_STR("client", c->peer), LOG_STR("reason", reason),
+	    LOG_STR("error", c->detail) }, 5);
+	count(c, hs_fail_metric(reason), 1);
+	finish(c, "tls_handshake_failed");
+}
+
 /* Ciphertext from the client while TLS is being set up or up. */
 static void
 client_cipher(struct conn *c, const char *data, size_t len)
@@ -883,20 +1055,13 @@ client_cipher(struct conn *c, const char *data, size_t len)
 	}
 	tlsio_feed(t, data, len);
 	if (!c->hs_done) {
+		c->hs_begun = 1;
+		hs_watch(&c->hsrec, (const unsigned char *)data, len);
 		rc = tlsio_handshake(t);
 		if (rc == TLSIO_AGAIN)
 			return;
 		if (rc == TLSIO_FAIL) {
-			snprintf(c->detail, sizeof(c->detail), "%s",
-			    tlsio_strerror(t));
-			log_fields(CONFIG_LOG_INFO, "handshake_failed",
-			    (struct log_field[]){ LOG_NUM("conn", c->id),
-			    LOG_STR("listener", c->lc->name),
-			    LOG_STR("client", c->peer),
-			    LOG_STR("reason", tlsio_fail_reason(t)),
-			    LOG_STR("error", tlsio_strerror(t)) }, 5);
-			count(c, hs_fail_metric(tlsio_fail_reason(t)), 1);
-			finish(c, "tls_handshake_failed");
+			client_hs_failed(c, t);
 			return;
 		}
 		client_tls_ready(c);
@@ -1003,6 +1168,7 @@ read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	/* Backpressure: what was just queued may be over the mark. */
 	if (c->phase != CONN_CLOSING)
 		update_reading(c);
+	settle(c);
 }
 
 static void
@@ -1329,12 +1495,12 @@ backend_ready(struct conn *c, struct side *b)
 		nw = w->next;
 		b->queued -= w->len;
 		if (side_write(b, w->data, w->len) < 0) {
+			free(w);
 			for (w = nw; w != NULL; w = nw) {
 				nw = w->next;
 				b->queued -= w->len;
 				free(w);
 			}
-			free(w);
 			finish(c, "backend_error");
 			return;
 		}
