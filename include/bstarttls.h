@@ -14,6 +14,13 @@
 /* The longest backend line accepted during the dialogue. */
 #define BSTLS_MAX_LINE	8192
 
+/*
+ * The longest greeting kept for the client, all its lines together (an SMTP
+ * greeting may have any number of 220- lines).  A longer one makes the
+ * backend unusable (BSTLS_FAIL): a greeting is never cut short.
+ */
+#define BSTLS_GREETING_MAX	(2 * BSTLS_MAX_LINE)
+
 enum bstls_verdict {
 	BSTLS_MORE,	/* nothing to do; wait for the next line */
 	BSTLS_SEND,	/* send out->buf to the backend */
@@ -27,7 +34,8 @@ struct bstls {
 	int			 state;
 	int			 offered;	/* STARTTLS/STLS announced */
 	const char		*hostname;
-	char			 greeting[1024];/* shown to the client */
+	char			 greeting[BSTLS_GREETING_MAX];
+						/* shown to the client */
 	size_t			 greetlen;
 	char			 error[256];
 };
@@ -47,8 +55,12 @@ enum bstls_verdict bstls_line(struct bstls *, const char *, size_t,
 
 /**
  * bstls_greeting(b, len):
- * The backend's greeting as the client should see it once TLS is up (an
- * IMAP [CAPABILITY ...] code, no longer true, removed).
+ * The backend's greeting as the client should see it once TLS is up.  It
+ * came in plaintext, so it is filtered as the pre-TLS rules filter a
+ * greeting: an IMAP response code ([CAPABILITY ...], no longer true;
+ * [ALERT], [REFERRAL ...], which an attacker on the plaintext hop could
+ * have written) is removed.  SMTP and POP3 greetings carry no such codes
+ * and are kept whole, every line of a multi-line SMTP greeting included.
  */
 const char *bstls_greeting(const struct bstls *, size_t *);
 

@@ -1,3 +1,9 @@
+/*
+ * bstarttls: mailtlsd as a STARTTLS client toward a backend (see
+ * bstarttls.h).  No I/O: conn feeds it the backend's lines.  The backend's
+ * greeting is kept, filtered, for the client: it is shown only once the
+ * backend's TLS is up and its certificate checked.
+ */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -54,14 +60,16 @@ has_word(const char *line, size_t len, const char *word)
 	return (0);
 }
 
-static void
+/* Append to the greeting; -1 if it would not fit (never cut it short). */
+static int
 keep_greeting(struct bstls *b, const char *line, size_t len)
 {
 
-	if (b->greetlen + len <= sizeof(b->greeting)) {
-		memcpy(b->greeting + b->greetlen, line, len);
-		b->greetlen += len;
-	}
+	if (len > sizeof(b->greeting) - b->greetlen)
+		return (-1);
+	memcpy(b->greeting + b->greetlen, line, len);
+	b->greetlen += len;
+	return (0);
 }
 
 static enum bstls_verdict
@@ -75,7 +83,8 @@ smtp_line(struct bstls *b, const char *line, size_t len, struct proto_out *out)
 	case B_GREETING:
 		if (strncmp(line, "220", 3) != 0)
 			return (fail(b, "greeting refused", line, len));
-		keep_greeting(b, line, len);
+		if (keep_greeting(b, line, len) == -1)
+			return (fail(b, "greeting too long", "", 0));
 		if (!last)
 			return (BSTLS_MORE);
 		b->state = B_EHLO;
@@ -105,29 +114,37 @@ smtp_line(struct bstls *b, const char *line, size_t len, struct proto_out *out)
 	return (fail(b, "unexpected line", line, len));
 }
 
-/* Copy an IMAP greeting without its [CAPABILITY ...] code. */
-static void
+/*
+ * Keep an IMAP "* OK" greeting without its response code, whatever the code
+ * is (RFC 9051 7.1: "[" resp-text-code "]" right after the status word).
+ * Brackets are counted, so that a REFERRAL URL with an IPv6 literal
+ * ("[::1]") is removed whole; an unclosed code takes the rest of the text.
+ */
+static int
 imap_keep_greeting(struct bstls *b, const char *line, size_t len)
 {
-	const char *code = NULL, *end;
-	size_t i;
+	size_t n = len, i = 4, depth = 0;
 
-	for (i = 0; i + 12 <= len; i++)
-		if (line[i] == '[' && strncasecmp(line + i + 1, "CAPABILITY ",
-		    11) == 0) {
-			code = line + i;
-			break;
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		n--;
+	while (i < n && line[i] == ' ')
+		i++;
+	if (i < n && line[i] == '[') {
+		for (; i < n; i++) {
+			if (line[i] == '[')
+				depth++;
+			else if (line[i] == ']' && --depth == 0)
+				break;
 		}
-	if (code == NULL || (end = memchr(code, ']', len -
-	    (size_t)(code - line))) == NULL) {
-		keep_greeting(b, line, len);
-		return;
+		i++;
+		while (i < n && line[i] == ' ')
+			i++;
 	}
-	end++;
-	if (end < line + len && *end == ' ')
-		end++;
-	keep_greeting(b, line, (size_t)(code - line));
-	keep_greeting(b, end, len - (size_t)(end - line));
+	if (i >= n)
+		return (keep_greeting(b, "* OK Ready\r\n", 12));
+	if (keep_greeting(b, "* OK ", 5) == -1)
+		return (-1);
+	return (keep_greeting(b, line + i, len - i));
 }
 
 static enum bstls_verdict
@@ -141,7 +158,8 @@ imap_line(struct bstls *b, const char *line, size_t len, struct proto_out *out)
 			    line, len));
 		if (len < 4 || strncasecmp(line, "* OK", 4) != 0)
 			return (fail(b, "greeting refused", line, len));
-		imap_keep_greeting(b, line, len);
+		if (imap_keep_greeting(b, line, len) == -1)
+			return (fail(b, "greeting too long", "", 0));
 		if (has_word(line + 4, len - 4, "CAPABILITY")) {
 			if (!has_word(line + 4, len - 4, "STARTTLS"))
 				return (fail(b, "backend does not offer "
@@ -190,7 +208,8 @@ pop3_line(struct bstls *b, const char *line, size_t len, struct proto_out *out)
 	case B_GREETING:
 		if (l < 3 || strncasecmp(line, "+OK", 3) != 0)
 			return (fail(b, "greeting refused", line, len));
-		keep_greeting(b, line, len);
+		if (keep_greeting(b, line, len) == -1)
+			return (fail(b, "greeting too long", "", 0));
 		b->state = B_CAPA;
 		return (send_line(out, "CAPA\r\n"));
 	case B_CAPA:
@@ -259,8 +278,8 @@ bstls_line(struct bstls *b, const char *line, size_t len, struct proto_out *out)
 
 /**
  * bstls_greeting(b, len):
- * The backend's greeting as the client should see it once TLS is up (an
- * IMAP [CAPABILITY ...] code, no longer true, removed).
+ * The backend's greeting as the client should see it once TLS is up,
+ * filtered as the pre-TLS rules filter a greeting (see bstarttls.h).
  */
 const char *
 bstls_greeting(const struct bstls *b, size_t *len)

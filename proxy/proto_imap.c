@@ -498,9 +498,25 @@ dead:
 }
 
 /*
+ * Before TLS with require_tls, is the capability at ${w} (${wl} bytes) one
+ * that invites credentials in clear (SECURITY-NOTES 19)?  AUTH= offers a
+ * mechanism, SASL-IR lets a client put its credentials in the first line
+ * of AUTHENTICATE: refused, but by then the password has crossed the
+ * network.
+ */
+static int
+invites_credentials(const char *w, size_t wl)
+{
+
+	return ((wl >= 5 && proto_word_eq(w, 5, "AUTH=")) ||
+	    proto_word_eq(w, wl, "SASL-IR"));
+}
+
+/*
  * Append the capability list ${l} (${n} bytes) to ${out}, rewritten: the
  * backend's STARTTLS removed, ours added before TLS on a STARTTLS listener;
- * before TLS with require_tls, AUTH= removed and LOGINDISABLED added.
+ * before TLS with require_tls, AUTH= and SASL-IR removed and LOGINDISABLED
+ * added.
  */
 static int
 caps_rewrite(const struct imap *s, const char *l, size_t n,
@@ -515,8 +531,7 @@ caps_rewrite(const struct imap *s, const char *l, size_t n,
 		for (j = i; j < n && l[j] != ' '; j++)
 			continue;
 		if (j > i && !proto_word_eq(l + i, j - i, "STARTTLS") &&
-		    !(strict && j - i >= 5 &&
-		    proto_word_eq(l + i, 5, "AUTH="))) {
+		    !(strict && invites_credentials(l + i, j - i))) {
 			if (proto_word_eq(l + i, j - i, "LOGINDISABLED"))
 				logindisabled = 1;
 			if ((!first && proto_out_add(out, " ", 1) == -1) ||

@@ -258,6 +258,38 @@ capa_line(struct pop3 *s, const char *line, size_t len, size_t n,
 	return (PROTO_FORWARD);
 }
 
+/*
+ * A "+OK" greeting before TLS with require_tls: remove the APOP timestamp
+ * ("<...>", RFC 1939 7), from the first "<" to the last ">", so that no
+ * client answers it with an APOP digest in clear: APOP is refused before
+ * TLS, but the digest of a weak password can be cracked once seen.  (The
+ * fresh backend session after TLS has a timestamp of its own, which the
+ * client never sees: APOP cannot work on a STLS listener after TLS either.)
+ */
+static enum proto_verdict
+greeting_line(const char *line, size_t len, size_t n, struct proto_out *out)
+{
+	const char *lt = memchr(line, '<', n), *gt = NULL;
+	size_t i, a, z;
+
+	for (i = n; i > 0; i--)
+		if (line[i - 1] == '>') {
+			gt = line + i - 1;
+			break;
+		}
+	if (lt == NULL || gt == NULL || gt < lt)
+		return (PROTO_FORWARD);
+	a = (size_t)(lt - line);
+	z = (size_t)(gt - line) + 1;
+	while (a > 3 && line[a - 1] == ' ')
+		a--;
+	out->len = 0;
+	if (proto_out_add(out, line, a) == -1 ||
+	    proto_out_add(out, line + z, len - z) == -1)
+		return (PROTO_CLOSE);
+	return (PROTO_REWRITE);
+}
+
 static enum proto_verdict
 pop3_backend(struct pop3 *s, const char *line, size_t len,
     struct proto_out *out)
@@ -306,6 +338,12 @@ pop3_backend(struct pop3 *s, const char *line, size_t len,
 	s->qhead = (s->qhead + 1) % POP3_QMAX;
 	s->qlen--;
 	switch (cmd) {
+	case POP3_C_GREETING:
+		if (ok && pretls(s) && s->require_tls)
+			v = greeting_line(line, len, n, out);
+		if (v == PROTO_CLOSE)
+			s->state = POP3_DEAD;
+		break;
 	case POP3_C_CAPA:
 	case POP3_C_LISTALL:
 	case POP3_C_RETR:

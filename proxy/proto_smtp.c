@@ -16,6 +16,9 @@
  * command line over 512 octets (RFC 5321 4.5.3.1.4) when require_tls is set,
  * over 2048 (Postfix's line_length_limit, room for DSN parameters) when it
  * is not, and on a SASL response over 12288 octets (RFC 4954 4).
+ *
+ * XCLIENT and XFORWARD are refused from clients everywhere and removed from
+ * EHLO replies: the backend may trust mailtlsd's address for them.
  */
 #include <stdint.h>
 #include <string.h>
@@ -56,6 +59,7 @@ enum smtp_cmd {
 	SMTP_C_QUIT,
 	SMTP_C_STARTTLS,
 	SMTP_C_NOOP,
+	SMTP_C_XCLIENT,		/* XCLIENT, XFORWARD: never forwarded */
 	SMTP_C_OTHER,
 };
 
@@ -77,6 +81,8 @@ static const struct {
 	{ "DATA",	SMTP_C_DATA,		0 },
 	{ "BDAT",	SMTP_C_BDAT,		0 },
 	{ "AUTH",	SMTP_C_AUTH,		0 },
+	{ "XCLIENT",	SMTP_C_XCLIENT,		0 },
+	{ "XFORWARD",	SMTP_C_XCLIENT,		0 },
 };
 
 struct smtp {
@@ -114,10 +120,21 @@ static const char *const R_AUTHED =
 static const char *const R_NOTLS =
     "502 5.5.1 Error: command not implemented\r\n";
 static const char *const R_TLSARG = "501 5.5.4 Syntax: STARTTLS\r\n";
+/* Postfix's own answer to a client not authorized for XCLIENT/XFORWARD. */
+static const char *const R_XCLIENT =
+    "550 5.7.0 Error: insufficient authorization\r\n";
 static const char *const R_BDATARG = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
 static const char *const R_LONG = "500 5.5.2 Error: line too long\r\n";
 static const char *const R_BARELF =
     "500 5.5.2 Error: bare <LF> in an overlong line\r\n";
+
+/* White space as Postfix's tokenizer sees it (ISSPACE, C locale). */
+static int
+is_space(char c)
+{
+
+	return (c == ' ' || (c >= '\t' && c <= '\r'));
+}
 
 /* The plaintext phase of a STARTTLS listener. */
 static int
@@ -239,7 +256,7 @@ smtp_command(struct smtp *s, const char *line, size_t len,
     struct proto_out *out)
 {
 	size_t n = proto_chomp(line, len);
-	size_t vlen, i;
+	size_t vs, ve, i;
 	const char *arg;
 	size_t alen;
 	enum smtp_cmd cmd = SMTP_C_OTHER;
@@ -254,21 +271,37 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 		return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 	}
 
-	for (vlen = 0; vlen < n && line[vlen] != ' '; vlen++)
+	/*
+	 * The verb as Postfix's smtpd_token() reads it: leading white space
+	 * skipped, ended by white space or a NUL (where its C string ends).
+	 * A narrower reading would let " XCLIENT", "EHLO\tx" or "BDAT\t2"
+	 * mean one thing here and another to the backend.
+	 */
+	for (vs = 0; vs < n && is_space(line[vs]); vs++)
 		continue;
-	arg = line + vlen + (vlen < n);
-	alen = n - vlen - (vlen < n);
+	for (ve = vs; ve < n && !is_space(line[ve]) && line[ve] != '\0'; ve++)
+		continue;
+	arg = line + ve + (ve < n);
+	alen = n - ve - (ve < n);
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-		if (proto_word_eq(line, vlen, commands[i].name)) {
+		if (proto_word_eq(line + vs, ve - vs, commands[i].name)) {
 			cmd = commands[i].cmd;
 			flags = commands[i].flags;
 			break;
 		}
 	}
 
-	/* Decide whether the proxy answers this command itself. */
-	if (cmd == SMTP_C_STARTTLS) {
-		if (vlen < n)
+	/*
+	 * Decide whether the proxy answers this command itself.  XCLIENT and
+	 * XFORWARD are for proxies the backend trusts, which is what mailtlsd
+	 * is: from a client they would claim another address or login
+	 * (SECURITY-NOTES 21), so they are refused on every listener, before
+	 * and after TLS.
+	 */
+	if (cmd == SMTP_C_XCLIENT)
+		r = R_XCLIENT;
+	else if (cmd == SMTP_C_STARTTLS) {
+		if (vs > 0 || ve < n)
 			r = R_TLSARG;
 		else if (ontls(s))
 			r = R_TLSACTIVE;
@@ -359,6 +392,9 @@ drop_keyword(const struct smtp *s, const char *t, size_t n)
 		continue;
 	/* Only the proxy offers STARTTLS: it cannot relay a backend's TLS. */
 	if (proto_word_eq(t, k, "STARTTLS"))
+		return (1);
+	/* Refused from clients (smtp_command): never offered to them. */
+	if (proto_word_eq(t, k, "XCLIENT") || proto_word_eq(t, k, "XFORWARD"))
 		return (1);
 	if (!pretls(s) || !s->require_tls)
 		return (0);

@@ -204,11 +204,11 @@ def imap_tag(line):
     return line.split(b" ", 1)[0]
 
 
-def go_ahead_dialogue(c, proto, offer=True):
+def go_ahead_dialogue(c, proto, offer=True, greeting=None):
     """The backend's side of the plaintext dialogue up to its go-ahead
     reply to STARTTLS/STLS, which it returns unsent (None if the proxy
-    never asked for TLS)."""
-    c.send(greeting_for(proto))
+    never asked for TLS).  greeting: other than greeting_for(proto)."""
+    c.send(greeting or greeting_for(proto))
     while True:
         line = c.recv_line(timeout=30)
         word = line.split()
@@ -301,13 +301,14 @@ def serve_over_tls(t, proto):
             t.send(b"+OK (over TLS)\r\n")
 
 
-def tls_backend(proto, ctx, mode="starttls", inject=None, offer=True):
+def tls_backend(proto, ctx, mode="starttls", inject=None, offer=True,
+                greeting=None):
     """A FakeBackend handler: a proto server that is reached over TLS
     (mode starttls or implicit) with ctx.  Sets on each conn: plain_len (raw
     bytes received before TLS), tls_error (the handshake's failure, if
     any), session_reused, tls_version.  inject = "same" appends a line to
     the go-ahead in the same packet; "next" sends it alone once the proxy's
-    ClientHello arrived."""
+    ClientHello arrived.  greeting: the plaintext greeting (starttls)."""
     injected = {"smtp": b"250 injected\r\n", "imap": b"* OK injected\r\n",
                 "pop3": b"+OK injected\r\n"}.get(proto)
 
@@ -318,7 +319,7 @@ def tls_backend(proto, ctx, mode="starttls", inject=None, offer=True):
         c.plain_len = 0
         if mode == "starttls":
             try:
-                go = go_ahead_dialogue(c, proto, offer)
+                go = go_ahead_dialogue(c, proto, offer, greeting)
             except Closed:
                 return          # the proxy gave up on this backend
             if go is None:

@@ -264,10 +264,10 @@ SMTP_EHLO_LASTAUTH = (b"250-fake.example.test\r\n250-PIPELINING\r\n"
 SMTP_EHLO_ONE = b"250 fake.example.test\r\n"
 
 
-def smtp_backend(gate=None, noop_extra=b""):
+def smtp_backend(gate=None, noop_extra=b"", ehlo=SMTP_EHLO_FULL):
     """A fake SMTP server.  NOOP waits for gate (a threading.Event) when
     given; the first NOOP reply (of the whole backend) is followed by
-    noop_extra in the same write."""
+    noop_extra in the same write.  ehlo: its usual EHLO reply."""
     extra = [noop_extra]
 
     def h(c):
@@ -287,7 +287,7 @@ def smtp_backend(gate=None, noop_extra=b""):
                 elif arg.startswith(b"one"):
                     c.send(SMTP_EHLO_ONE)
                 else:
-                    c.send(SMTP_EHLO_FULL)
+                    c.send(ehlo)
             elif verb == b"HELO":
                 c.send(b"250 fake.example.test\r\n")
             elif verb == b"NOOP":
@@ -595,7 +595,9 @@ class ImapCapabilities(StarttlsCase):
     def expect(self, words, starttls, logindisabled, auth):
         want = [w for w in IMAP_CAPS_WORDS if w.upper() != b"STARTTLS"]
         if not auth:
-            want = [w for w in want if not w.upper().startswith(b"AUTH=")]
+            # no capability that invites credentials in clear
+            want = [w for w in want if not w.upper().startswith(b"AUTH=")
+                    and w.upper() != b"SASL-IR"]
         self.assertEqual(count_word(words, b"STARTTLS"), 1 if starttls
                          else 0, words)
         self.assertEqual(count_word(words, b"LOGINDISABLED"),
@@ -912,11 +914,15 @@ class RefusedBeforeTls(StarttlsCase):
                     b"AUTH PLAIN AGFsaWNlAHB3\r\n", b"AUTH LOGIN\r\n",
                     b"auth plain\r\n", b"VRFY postmaster\r\n",
                     b"EXPN staff\r\n", b"HELP\r\n", b"ETRN example.org\r\n",
-                    b"XCLIENT ADDR=1.2.3.4\r\n", b"TURN\r\n",
+                    b"TURN\r\n",
                     b"mail from:<lower@example.org>\r\n", b"XYZZY\r\n"):
             with self.subTest(command=cmd):
                 c.send(cmd)
                 self.assertEqual(c.recv_until(b"\r\n"), SMTP_MUSTTLS)
+        # refused on every listener, TLS or not (test_audit_proto.py)
+        c.send(b"XCLIENT ADDR=1.2.3.4\r\n")
+        self.assertEqual(c.recv_until(b"\r\n"), b"550 5.7.0 Error: "
+                         b"insufficient authorization\r\n")
         ok(b"HELO client.example.org\r\n", b"250 fake.example.test\r\n")
         ok(b"NOOP\r\n", b"250 2.0.0 Ok\r\n")
         ok(b"RSET\r\n", b"250 2.0.0 Ok\r\n")

@@ -229,6 +229,72 @@ test_no_starttls_for_opaque_listeners(void **state)
 	assert_int_equal(feed("220 hello\r\n"), BSTLS_FAIL);
 }
 
+/*
+ * Issue 12 item 6: a greeting is kept whole, however many lines (never a
+ * line dropped), up to BSTLS_GREETING_MAX; past it the backend fails.
+ */
+static void
+test_smtp_long_greeting(void **state)
+{
+	static char line[2048], all[BSTLS_GREETING_MAX];
+	size_t alen = 0, glen;
+	const char *g;
+	int i;
+
+	(void)state;
+	bstls_init(&b, CONFIG_PROTO_SMTP, "f");
+	memset(line, 'a', sizeof(line));
+	memcpy(line, "220-", 4);
+	memcpy(line + 1500, "\r\n", 3);
+	for (i = 0; i < 5; i++) {
+		assert_int_equal(feed(line), BSTLS_MORE);
+		memcpy(all + alen, line, 1502);
+		alen += 1502;
+	}
+	assert_int_equal(feed("220 last\r\n"), BSTLS_SEND);
+	memcpy(all + alen, "220 last\r\n", 10);
+	alen += 10;
+	g = bstls_greeting(&b, &glen);
+	assert_int_equal(glen, alen);
+	assert_memory_equal(g, all, alen);
+
+	/* 11 lines of 1502: past 16 KiB. */
+	bstls_init(&b, CONFIG_PROTO_SMTP, "f");
+	for (i = 0; i < 10; i++)
+		assert_int_equal(feed(line), BSTLS_MORE);
+	assert_int_equal(feed(line), BSTLS_FAIL);
+	assert_string_equal(bstls_error(&b), "greeting too long");
+}
+
+/* Issue 12 item 6: no IMAP response code from the plaintext hop. */
+static void
+test_imap_greeting_codes_removed(void **state)
+{
+	static const char *const cases[][2] = {
+		{ "* OK [ALERT] Call 555-0100 now\r\n",
+		    "* OK Call 555-0100 now\r\n" },
+		{ "* OK [REFERRAL imap://u@[::1]/] ready\r\n",
+		    "* OK ready\r\n" },
+		{ "* ok [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n",
+		    "* OK ready\r\n" },
+		{ "* OK [ALERT]\r\n", "* OK Ready\r\n" },
+		{ "* OK [ALERT unclosed text\r\n", "* OK Ready\r\n" },
+		{ "* OK ready [ALERT] later\r\n",
+		    "* OK ready [ALERT] later\r\n" },
+	};
+	const char *g;
+	size_t i, glen;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bstls_init(&b, CONFIG_PROTO_IMAP, "f");
+		(void)feed(cases[i][0]);
+		g = bstls_greeting(&b, &glen);
+		assert_int_equal(glen, strlen(cases[i][1]));
+		assert_memory_equal(g, cases[i][1], glen);
+	}
+}
+
 int
 main(void)
 {
@@ -243,6 +309,8 @@ main(void)
 		cmocka_unit_test(test_pop3_capa_stls),
 		cmocka_unit_test(test_pop3_failures),
 		cmocka_unit_test(test_no_starttls_for_opaque_listeners),
+		cmocka_unit_test(test_smtp_long_greeting),
+		cmocka_unit_test(test_imap_greeting_codes_removed),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));

@@ -40,7 +40,8 @@ test_greeting_require_tls(void **state)
 	(void)state;
 	start(1, 0, 1);
 	B(DOVECOT_GREETING);
-	TO_CLIENT("* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE "
+	/* SASL-IR goes with AUTH= (issue 12 item 6b). */
+	TO_CLIENT("* OK [CAPABILITY IMAP4rev1 LOGIN-REFERRALS ID ENABLE "
 	    "IDLE LITERAL+ STARTTLS LOGINDISABLED] Dovecot ready.\r\n");
 }
 
@@ -465,6 +466,35 @@ test_literal_binary(void **state)
 	assert_memory_equal(d.to[PROTO_CLIENT].p, b1, sizeof(b1) - 1);
 }
 
+/* Issue 12 item 6b: SASL-IR goes with AUTH= before TLS (require_tls). */
+static void
+test_sasl_ir_before_tls(void **state)
+{
+
+	(void)state;
+	start(1, 0, 1);
+	greet();
+	C("a CAPABILITY\r\n");
+	B("* CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN\r\na OK done\r\n");
+	TO_CLIENT("* CAPABILITY IMAP4rev1 ID STARTTLS LOGINDISABLED\r\n"
+	    "a OK done\r\n");
+	pdrv_free(&d);
+
+	/* Without require_tls, and after TLS, it stays. */
+	start(1, 0, 0);
+	greet();
+	C("a CAPABILITY\r\n");
+	B("* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN\r\na OK done\r\n");
+	TO_CLIENT("* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN STARTTLS\r\n"
+	    "a OK done\r\n");
+	pdrv_free(&d);
+	start(0, 1, 1);
+	greet();
+	C("a CAPABILITY\r\n");
+	B("* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN\r\na OK done\r\n");
+	TO_CLIENT("* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN\r\na OK done\r\n");
+}
+
 int
 main(void)
 {
@@ -498,6 +528,7 @@ main(void)
 		cmocka_unit_test_teardown(test_bare_lf, teardown),
 		cmocka_unit_test_teardown(test_compress_passthrough, teardown),
 		cmocka_unit_test_teardown(test_literal_binary, teardown),
+		cmocka_unit_test_teardown(test_sasl_ir_before_tls, teardown),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));

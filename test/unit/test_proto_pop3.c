@@ -287,6 +287,45 @@ test_bare_lf(void **state)
 	TO_CLIENT("+OK Begin TLS negotiation\r\n");
 }
 
+/*
+ * Issue 12 item 6b: before TLS with require_tls the APOP timestamp is
+ * removed from the greeting (APOP is refused then anyway).
+ */
+static void
+test_apop_timestamp_before_tls(void **state)
+{
+	static const char g[] =
+	    "+OK POP3 ready <1896.697170952@dbc.mtview.ca.us>\r\n";
+
+	(void)state;
+	start(1, 0, 1);
+	B(g);
+	TO_CLIENT("+OK POP3 ready\r\n");
+	C("APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n");
+	TO_CLIENT("-ERR Must issue STLS first\r\n");
+	TO_BACKEND("");
+	pdrv_free(&d);
+
+	/* Text after it stays; a greeting of "<" alone is left alone. */
+	start(1, 0, 1);
+	B("+OK <1.2@x> hello\r\n");
+	TO_CLIENT("+OK hello\r\n");
+	pdrv_free(&d);
+	start(1, 0, 1);
+	B("+OK a < b\r\n");
+	TO_CLIENT("+OK a < b\r\n");
+	pdrv_free(&d);
+
+	/* Without require_tls, and on an implicit listener: unchanged. */
+	start(1, 0, 0);
+	B(g);
+	TO_CLIENT(g);
+	pdrv_free(&d);
+	start(0, 1, 1);
+	B(g);
+	TO_CLIENT(g);
+}
+
 int
 main(void)
 {
@@ -305,6 +344,8 @@ main(void)
 		cmocka_unit_test_teardown(test_tls_ready_err_greeting,
 		    teardown),
 		cmocka_unit_test_teardown(test_bare_lf, teardown),
+		cmocka_unit_test_teardown(test_apop_timestamp_before_tls,
+		    teardown),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));

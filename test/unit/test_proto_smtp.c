@@ -576,6 +576,79 @@ test_bdat_binary(void **state)
 	assert_memory_equal(d.to[PROTO_BACKEND].p, c1, sizeof(c1) - 1);
 }
 
+/* Issue 12 item 4: XCLIENT and XFORWARD never reach the backend. */
+static const char R_XCLIENT[] =
+    "550 5.7.0 Error: insufficient authorization\r\n";
+
+static void
+test_xclient_refused(void **state)
+{
+	static const int modes[][3] = {
+		{ 0, 1, 1 },	/* implicit */
+		{ 1, 0, 1 },	/* STARTTLS, require_tls, before TLS */
+		{ 1, 0, 0 },	/* STARTTLS, before TLS */
+		{ 0, 0, 0 },	/* client_tls = none */
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		start(modes[i][0], modes[i][1], modes[i][2]);
+		greet();
+		C("EHLO client.example\r\n");
+		TO_BACKEND("EHLO client.example\r\n");
+		B("250-mx.example.com\r\n250-XCLIENT NAME ADDR\r\n"
+		    "250-XFORWARD NAME ADDR\r\n250 8BITMIME\r\n");
+		TO_CLIENT(modes[i][0] ? "250-mx.example.com\r\n"
+		    "250-STARTTLS\r\n250 8BITMIME\r\n" :
+		    "250-mx.example.com\r\n250 8BITMIME\r\n");
+		C("XCLIENT ADDR=203.0.113.7\r\n");
+		TO_CLIENT(R_XCLIENT);
+		C("xforward ADDR=203.0.113.7\r\n");
+		TO_CLIENT(R_XCLIENT);
+		/* Postfix skips leading white space and splits on any. */
+		C(" XCLIENT ADDR=203.0.113.7\r\n");
+		TO_CLIENT(R_XCLIENT);
+		C("XFORWARD\tADDR=203.0.113.7\r\n");
+		TO_CLIENT(R_XCLIENT);
+		C("XCLIENT\r\n");
+		TO_CLIENT(R_XCLIENT);
+		TO_BACKEND("");
+		/* In a pipelined group: answered in order. */
+		C("NOOP\r\nXCLIENT ADDR=203.0.113.7\r\nNOOP\r\n");
+		TO_BACKEND("NOOP\r\n");
+		TO_CLIENT("");
+		B("250 2.0.0 Ok\r\n");
+		TO_CLIENT("250 2.0.0 Ok\r\n550 5.7.0 Error: insufficient "
+		    "authorization\r\n");
+		TO_BACKEND("NOOP\r\n");
+		B("250 2.0.0 Ok\r\n");
+		TO_CLIENT("250 2.0.0 Ok\r\n");
+		assert_false(d.closed);
+		pdrv_free(&d);
+	}
+}
+
+/*
+ * The verb is read as the backend reads it, so that a chunk size after a
+ * tab is a chunk size here too: the XCLIENT after the two chunk bytes is a
+ * command to both, and is refused.
+ */
+static void
+test_xclient_after_bdat_tab(void **state)
+{
+
+	(void)state;
+	start(0, 1, 1);
+	greet();
+	C("BDAT\t2\r\n..XCLIENT ADDR=203.0.113.7\r\n");
+	TO_BACKEND("BDAT\t2\r\n..");
+	B("250 2.0.0 Ok: 2 octets\r\n");
+	TO_CLIENT("250 2.0.0 Ok: 2 octets\r\n550 5.7.0 Error: insufficient "
+	    "authorization\r\n");
+	TO_BACKEND("");
+}
+
 int
 main(void)
 {
@@ -614,6 +687,9 @@ main(void)
 		    teardown),
 		cmocka_unit_test(test_unavailable),
 		cmocka_unit_test(test_find),
+		cmocka_unit_test_teardown(test_xclient_refused, teardown),
+		cmocka_unit_test_teardown(test_xclient_after_bdat_tab,
+		    teardown),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));
