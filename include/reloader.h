@@ -7,9 +7,11 @@
  * archive/, Kubernetes secret volumes' "..data" link).
  *
  * Changes are noticed through uv_fs_event watches on every directory along
- * each file's symlink chain, and by a fingerprint of every file (resolved
- * path, inode, size, times, a digest of the contents) taken once a second for
- * file systems that send no events.  Either one only arms a short debounce:
+ * each file's symlink chain, and by a poll every 800 ms for file systems that
+ * send no events: it stat()s every file and takes a fresh fingerprint
+ * (resolved path, inode, size, times, a digest of the contents) only of one
+ * whose device, inode, size, mtime or ctime moved, or that changed within
+ * two seconds of its last fingerprint (coarse time stamps).  Either one only arms a short debounce:
  * a listener is reloaded once its files have stopped changing, so a pair is
  * never read half-written.  A reload that fails validation (certs_load) is
  * logged with the file and the reason, and the old set keeps serving.
@@ -78,6 +80,13 @@ void reloader_free(struct reloader *);
  */
 uint64_t reloader_count(const struct reloader *, size_t,
     enum reloader_result);
+
+/**
+ * reloader_digests(r):
+ * The number of times a watched file's contents were read and hashed: the
+ * cost of the change check.  Safe to call from any thread while ${r} exists.
+ */
+uint64_t reloader_digests(const struct reloader *);
 
 /**
  * reloader_nlisteners(r), reloader_listener_name(r, i):

@@ -33,6 +33,21 @@
 /* At most this much of a file goes into its fingerprint. */
 #define FP_READ_MAX	(1024 * 1024)
 #define FP_LEN		32
+/*
+ * The coarsest file time stamps trusted (FAT: 2 s): a file changed this
+ * recently before its last digest could change again without its times
+ * showing it, so it is read again on the next look.
+ */
+#define RACY_S		2
+
+/* What stat() says of a file: equal, and its contents are taken as equal. */
+struct rstat {
+	dev_t		 dev;
+	ino_t		 ino;
+	off_t		 size;
+	struct timespec	 mtim;
+	struct timespec	 ctim;		/* also moves when mtime is set back */
+};
 
 /* One cert, key or client_ca file of a listener. */
 struct rfile {
@@ -40,6 +55,9 @@ struct rfile {
 	unsigned char	 loaded[FP_LEN];	/* at the last load attempt */
 	unsigned char	 seen[FP_LEN];		/* at the last look */
 	int		 changed;		/* scratch: seen != loaded */
+	struct rstat	 st;			/* the file ${seen} was taken of */
+	int		 st_ok;			/* ... valid, and not racy */
+	time_t		 digest_at;		/* when ${seen} was taken */
 };
 
 struct rlistener {
@@ -81,6 +99,7 @@ struct reloader {
 	int			 closing;
 	int			 poll_only;	/* no uv_fs_event at all */
 	unsigned		 nopen;		/* handles not yet closed */
+	atomic_uint_fast64_t	 digests;	/* content digests taken */
 };
 
 typedef void visit_fn(void *, const char *, const char *);
@@ -244,6 +263,55 @@ fingerprint(const char *path, unsigned char fp[FP_LEN])
 	gnutls_hash_deinit(h, fp);
 }
 
+static int
+ts_eq(const struct timespec *a, const struct timespec *b)
+{
+
+	return (a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec);
+}
+
+/*
+ * The fingerprint of ${f} into ${fp}: its last one if stat() shows the same
+ * file as then (device, inode, size, mtime, ctime) and that one was taken
+ * long enough after the file's last change; else a new one.  The poll runs
+ * on the main loop every POLL_MS: reading and hashing every file each time
+ * would cost the loop a few milliseconds per megabyte of certificates for
+ * nothing.
+ */
+static void
+refresh(struct reloader *r, struct rfile *f, unsigned char fp[FP_LEN])
+{
+	struct stat st;
+	time_t last;
+
+	if (stat(f->path, &st) < 0) {
+		/* Gone or unreadable: no contents to read, the error counts. */
+		f->st_ok = 0;
+		fingerprint(f->path, fp);
+		return;
+	}
+	if (f->st_ok && f->st.dev == st.st_dev && f->st.ino == st.st_ino &&
+	    f->st.size == st.st_size && ts_eq(&f->st.mtim, &st.st_mtim) &&
+	    ts_eq(&f->st.ctim, &st.st_ctim)) {
+		last = st.st_mtim.tv_sec > st.st_ctim.tv_sec ? st.st_mtim.tv_sec :
+		    st.st_ctim.tv_sec;
+		if (f->digest_at - last > RACY_S) {
+			memcpy(fp, f->seen, FP_LEN);
+			return;
+		}
+	}
+	/* Taken of the file as stat() saw it before: a later change shows. */
+	f->st.dev = st.st_dev;
+	f->st.ino = st.st_ino;
+	f->st.size = st.st_size;
+	f->st.mtim = st.st_mtim;
+	f->st.ctim = st.st_ctim;
+	f->st_ok = 1;
+	f->digest_at = time(NULL);
+	fingerprint(f->path, fp);
+	atomic_fetch_add(&r->digests, 1);
+}
+
 /* Look at every file again; return 1 if any changed since the last look. */
 static int
 look(struct reloader *r)
@@ -258,7 +326,7 @@ look(struct reloader *r)
 		for (j = 0; j < rl->nfiles; j++) {
 			struct rfile *f = &rl->files[j];
 
-			fingerprint(f->path, fp);
+			refresh(r, f, fp);
 			if (memcmp(fp, f->seen, FP_LEN) != 0) {
 				memcpy(f->seen, fp, FP_LEN);
 				moved = 1;
@@ -714,6 +782,7 @@ reloader_new(uv_loop_t *loop, const struct config *cfg, struct listener *ls,
 	r->n = n;
 	/* For tests, and to rule inotify out when chasing a problem. */
 	r->poll_only = getenv(RELOADER_POLL_ONLY_ENV) != NULL;
+	atomic_init(&r->digests, 0);
 	if ((r->rl = calloc(n > 0 ? n : 1, sizeof(*r->rl))) == NULL)
 		goto err1;
 	for (i = 0; i < n; i++) {
@@ -837,6 +906,18 @@ reloader_count(const struct reloader *r, size_t i, enum reloader_result res)
 {
 
 	return (atomic_load(&r->rl[i].count[res]));
+}
+
+/**
+ * reloader_digests(r):
+ * The number of times a watched file's contents were read and hashed: the
+ * cost of the change check.  Safe to call from any thread while ${r} exists.
+ */
+uint64_t
+reloader_digests(const struct reloader *r)
+{
+
+	return (atomic_load(&r->digests));
 }
 
 /**

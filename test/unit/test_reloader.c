@@ -881,6 +881,43 @@ reload_ignores_other_files(void **state)
 	rig_stop(&g);
 }
 
+/*
+ * Issue 13 item 5: the poll reads and hashes a file only when stat() shows
+ * it changed (or changed too recently to trust its times): an idle poll
+ * reads nothing, and a change is still picked up within 2 s.
+ */
+static void
+poll_reads_only_changed_files(void **state)
+{
+	char crt[PATH_MAX], key[PATH_MAX], src[PATH_MAX];
+	struct rig g;
+	uint64_t n0;
+
+	(void)state;
+	make_good("alpha");
+	make_good("bravo");
+	path_of(crt, "alpha.crt");
+	path_of(key, "alpha.key");
+	assert_int_equal(setenv(RELOADER_POLL_ONLY_ENV, "1", 1), 0);
+	rig_start(&g, crt, key);
+	assert_int_equal(unsetenv(RELOADER_POLL_ONLY_ENV), 0);
+	/* Past the two seconds in which fresh files are read every time. */
+	assert_int_equal(rig_wait(&g, "never", 3500), -1);
+	n0 = reloader_digests(g.r);
+	/* Two more poll periods, the files untouched: stat() only. */
+	assert_int_equal(rig_wait(&g, "never", 1700), -1);
+	assert_int_equal(reloader_digests(g.r), n0);
+
+	path_of(src, "bravo.crt");
+	copy_in_place(src, crt);
+	path_of(src, "bravo.key");
+	copy_in_place(src, key);
+	expect_within_2s(&g, "bravo");
+	assert_true(reloader_digests(g.r) > n0);
+	assert_int_equal(reloader_count(g.r, 0, RELOADER_OK), 1);
+	rig_stop(&g);
+}
+
 int
 main(void)
 {
@@ -914,6 +951,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(reload_poll_only, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(reload_ignores_other_files,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(poll_reads_only_changed_files,
 		    setup, teardown),
 	};
 
