@@ -589,140 +589,90 @@ parse_maxconn(struct parser *p, void *obj, size_t off, const char *v)
 	return (NULL);
 }
 
+/*
+ * The keyword-valued keys: each word and the value stored for it, in an int
+ * or an enum (the same size, checked below), and the message for anything
+ * else.  One parser reads them all; ENUM_KEY makes the parse_fn of a table.
+ */
+struct enumdef {
+	const char	*expected;
+	const char	*words[8];	/* NULL-terminated */
+	int		 vals[8];
+};
+
+_Static_assert(sizeof(enum config_loglevel) == sizeof(int) &&
+    sizeof(enum config_logfmt) == sizeof(int) &&
+    sizeof(enum config_proto) == sizeof(int) &&
+    sizeof(enum config_tls) == sizeof(int) &&
+    sizeof(enum config_verify) == sizeof(int) &&
+    sizeof(enum config_pp) == sizeof(int), "enum keys are stored as int");
+
+static const struct enumdef en_bool = {
+	"expected yes, no, true, false, on or off",
+	{ "no", "yes", "false", "true", "off", "on" }, { 0, 1, 0, 1, 0, 1 }
+};
+static const struct enumdef en_loglevel = {
+	"expected error, warn, info or debug",
+	{ "error", "warn", "info", "debug" },
+	{ CONFIG_LOG_ERROR, CONFIG_LOG_WARN, CONFIG_LOG_INFO, CONFIG_LOG_DEBUG }
+};
+static const struct enumdef en_logfmt = {
+	"expected text or json",
+	{ "text", "json" }, { CONFIG_LOG_TEXT, CONFIG_LOG_JSON }
+};
+static const struct enumdef en_proto = {
+	"expected smtp, imap, pop3 or none",
+	{ "smtp", "imap", "pop3", "none" },
+	{ CONFIG_PROTO_SMTP, CONFIG_PROTO_IMAP, CONFIG_PROTO_POP3,
+	    CONFIG_PROTO_NONE }
+};
+static const struct enumdef en_tls = {
+	"expected implicit, starttls or none",
+	{ "implicit", "starttls", "none" },
+	{ CONFIG_TLS_IMPLICIT, CONFIG_TLS_STARTTLS, CONFIG_TLS_NONE }
+};
+static const struct enumdef en_verify = {
+	"expected none, optional or required",
+	{ "none", "optional", "required" },
+	{ CONFIG_VERIFY_NONE, CONFIG_VERIFY_OPTIONAL, CONFIG_VERIFY_REQUIRED }
+};
+static const struct enumdef en_pp = {
+	"expected none, v1 or v2",
+	{ "none", "v1", "v2" }, { CONFIG_PP_NONE, CONFIG_PP_V1, CONFIG_PP_V2 }
+};
+static const struct enumdef en_alpn = {
+	"expected strict or off",
+	{ "off", "strict" }, { 0, 1 }
+};
+
 static const char *
-parse_bool(struct parser *p, void *obj, size_t off, const char *v)
+parse_enum(const struct enumdef *e, void *obj, size_t off, const char *v)
 {
-	static const char *const words[] = {
-		"no", "yes", "false", "true", "off", "on", NULL
-	};
 	int i;
 
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected yes, no, true, false, on or off");
-	*FIELD(obj, off, int) = i % 2;
+	if ((i = keyword(v, e->words)) < 0)
+		return (e->expected);
+	*FIELD(obj, off, int) = e->vals[i];
 	return (NULL);
 }
 
-static const char *
-parse_loglevel(struct parser *p, void *obj, size_t off, const char *v)
-{
-	static const char *const words[] = {
-		"error", "warn", "info", "debug", NULL
-	};
-	static const enum config_loglevel vals[] = {
-		CONFIG_LOG_ERROR, CONFIG_LOG_WARN, CONFIG_LOG_INFO,
-		CONFIG_LOG_DEBUG
-	};
-	int i;
-
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected error, warn, info or debug");
-	*FIELD(obj, off, enum config_loglevel) = vals[i];
-	return (NULL);
+#define ENUM_KEY(fn, def)						\
+static const char *							\
+fn(struct parser *p, void *obj, size_t off, const char *v)		\
+{									\
+									\
+	(void)p;							\
+	return (parse_enum(&(def), obj, off, v));			\
 }
-
-static const char *
-parse_logfmt(struct parser *p, void *obj, size_t off, const char *v)
-{
-	static const char *const words[] = { "text", "json", NULL };
-	static const enum config_logfmt vals[] = {
-		CONFIG_LOG_TEXT, CONFIG_LOG_JSON
-	};
-	int i;
-
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected text or json");
-	*FIELD(obj, off, enum config_logfmt) = vals[i];
-	return (NULL);
-}
-
-static const char *
-parse_proto(struct parser *p, void *obj, size_t off, const char *v)
-{
-	static const char *const words[] = {
-		"smtp", "imap", "pop3", "none", NULL
-	};
-	static const enum config_proto vals[] = {
-		CONFIG_PROTO_SMTP, CONFIG_PROTO_IMAP, CONFIG_PROTO_POP3,
-		CONFIG_PROTO_NONE
-	};
-	int i;
-
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected smtp, imap, pop3 or none");
-	*FIELD(obj, off, enum config_proto) = vals[i];
-	return (NULL);
-}
-
-static const char *
-parse_tls(struct parser *p, void *obj, size_t off, const char *v)
-{
-	static const char *const words[] = {
-		"implicit", "starttls", "none", NULL
-	};
-	static const enum config_tls vals[] = {
-		CONFIG_TLS_IMPLICIT, CONFIG_TLS_STARTTLS, CONFIG_TLS_NONE
-	};
-	int i;
-
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected implicit, starttls or none");
-	*FIELD(obj, off, enum config_tls) = vals[i];
-	return (NULL);
-}
-
-static const char *
-parse_verify(struct parser *p, void *obj, size_t off, const char *v)
-{
-	static const char *const words[] = {
-		"none", "optional", "required", NULL
-	};
-	static const enum config_verify vals[] = {
-		CONFIG_VERIFY_NONE, CONFIG_VERIFY_OPTIONAL,
-		CONFIG_VERIFY_REQUIRED
-	};
-	int i;
-
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected none, optional or required");
-	*FIELD(obj, off, enum config_verify) = vals[i];
-	return (NULL);
-}
-
-static const char *
-parse_pp(struct parser *p, void *obj, size_t off, const char *v)
-{
-	static const char *const words[] = { "none", "v1", "v2", NULL };
-	static const enum config_pp vals[] = {
-		CONFIG_PP_NONE, CONFIG_PP_V1, CONFIG_PP_V2
-	};
-	int i;
-
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected none, v1 or v2");
-	*FIELD(obj, off, enum config_pp) = vals[i];
-	return (NULL);
-}
-
-static const char *
-parse_alpn(struct parser *p, void *obj, size_t off, const char *v)
-{
-	static const char *const words[] = { "off", "strict", NULL };
-	int i;
-
-	(void)p;
-	if ((i = keyword(v, words)) < 0)
-		return ("expected strict or off");
-	*FIELD(obj, off, int) = i;
-	return (NULL);
-}
+ENUM_KEY(parse_bool, en_bool)
+ENUM_KEY(parse_loglevel, en_loglevel)
+ENUM_KEY(parse_logfmt, en_logfmt)
+ENUM_KEY(parse_proto, en_proto)
+ENUM_KEY(parse_tls, en_tls)
+ENUM_KEY(parse_verify, en_verify)
+ENUM_KEY(parse_pp, en_pp)
+ENUM_KEY(parse_alpn, en_alpn)
+#undef ENUM_KEY
 
 /* Any duration, zero included (shutdown_timeout = 0: do not wait). */
 static const char *
