@@ -39,7 +39,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "proto.h"
+#include "proto_base.h"
 
 #define IMAP_MAX_LINE	65536	/* conn's limit */
 #define IMAP_CMD_MAX	8192	/* client lines before TLS */
@@ -83,18 +83,12 @@ enum imap_cmd {
 	IMAP_K_COMPRESS,
 };
 
-#define IMAP_F_PRETLS	0x01	/* allowed before TLS when require_tls */
-
-static const struct {
-	const char	*name;
-	enum imap_cmd	 cmd;
-	int		 flags;
-} commands[] = {
-	{ "CAPABILITY",	IMAP_K_CAPABILITY,	IMAP_F_PRETLS },
-	{ "NOOP",	IMAP_K_NOOP,		IMAP_F_PRETLS },
-	{ "LOGOUT",	IMAP_K_LOGOUT,		IMAP_F_PRETLS },
-	{ "STARTTLS",	IMAP_K_STARTTLS,	IMAP_F_PRETLS },
-	{ "ID",		IMAP_K_ID,		IMAP_F_PRETLS },
+static const struct proto_cmd commands[] = {
+	{ "CAPABILITY",	IMAP_K_CAPABILITY,	PROTO_F_PRETLS },
+	{ "NOOP",	IMAP_K_NOOP,		PROTO_F_PRETLS },
+	{ "LOGOUT",	IMAP_K_LOGOUT,		PROTO_F_PRETLS },
+	{ "STARTTLS",	IMAP_K_STARTTLS,	PROTO_F_PRETLS },
+	{ "ID",		IMAP_K_ID,		PROTO_F_PRETLS },
 	{ "LOGIN",	IMAP_K_LOGIN,		0 },
 	{ "AUTHENTICATE", IMAP_K_AUTHENTICATE,	0 },
 	{ "IDLE",	IMAP_K_IDLE,		0 },
@@ -102,14 +96,11 @@ static const struct {
 };
 
 struct imap {
-	int		 starttls;	/* client_tls = starttls */
-	int		 client_on_tls;	/* implicit listener */
-	int		 require_tls;
+	struct proto_base b;
 
 	enum imap_state	 state;
 	enum imap_cstate cstate;
 	enum imap_wait	 wait;
-	int		 tls;		/* STARTTLS done on this session */
 	int		 authed;
 	unsigned	 outstanding;	/* tagged replies (and greeting) owed */
 
@@ -136,27 +127,12 @@ struct imap {
 static const char *const R_BYE_LONG = "* BYE Line too long\r\n";
 static const char *const R_BADTAG = "* BAD Invalid tag\r\n";
 
-/* The plaintext phase of a STARTTLS listener. */
-static int
-pretls(const struct imap *s)
-{
-
-	return (s->starttls && !s->tls);
-}
-
-static int
-ontls(const struct imap *s)
-{
-
-	return (s->tls || s->client_on_tls);
-}
-
 /* Before TLS and before login only some responses reach the client. */
 static int
 filtering(const struct imap *s)
 {
 
-	return (pretls(s) && !s->authed);
+	return (proto_pretls(&s->b) && !s->authed);
 }
 
 /* Show STARTTLS (RFC 9051 6.2.1: not in the authenticated state). */
@@ -164,7 +140,7 @@ static int
 show_starttls(const struct imap *s)
 {
 
-	return (pretls(s) && !s->authed);
+	return (proto_pretls(&s->b) && !s->authed);
 }
 
 static int
@@ -230,9 +206,7 @@ imap_init(void *st, const struct proto_opts *o)
 	struct imap *s = st;
 
 	memset(s, 0, sizeof(*s));
-	s->starttls = o->starttls;
-	s->client_on_tls = o->client_on_tls;
-	s->require_tls = o->require_tls;
+	proto_base_init(&s->b, o);
 	s->state = IMAP_GREETING;
 	s->cstate = IMAP_C_CMD;
 
@@ -344,7 +318,8 @@ imap_command(struct imap *s, const char *line, size_t len,
     struct proto_out *out)
 {
 	size_t n = proto_chomp(line, len);
-	size_t tl, cs, ce, i;
+	size_t tl, cs, ce;
+	const struct proto_cmd *c;
 	enum imap_cmd cmd = IMAP_K_OTHER;
 	int flags = 0, nonsync = 0, lit;
 	uint64_t size = 0;
@@ -367,13 +342,10 @@ imap_command(struct imap *s, const char *line, size_t len,
 	cs = tl + 1;
 	for (ce = cs; ce < n && line[ce] != ' '; ce++)
 		continue;
-	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-		if (ce > cs && proto_word_eq(line + cs, ce - cs,
-		    commands[i].name)) {
-			cmd = commands[i].cmd;
-			flags = commands[i].flags;
-			break;
-		}
+	if (ce > cs && (c = proto_cmd_find(commands, sizeof(commands) /
+	    sizeof(commands[0]), line + cs, ce - cs)) != NULL) {
+		cmd = (enum imap_cmd)c->cmd;
+		flags = c->flags;
 	}
 	lit = literal_at_end(line, n, &size, &nonsync);
 
@@ -382,9 +354,9 @@ imap_command(struct imap *s, const char *line, size_t len,
 	else if (cmd == IMAP_K_STARTTLS) {
 		if (ce < n)
 			r = " BAD STARTTLS takes no arguments\r\n";
-		else if (ontls(s))
+		else if (proto_ontls(&s->b))
 			r = " BAD TLS already active\r\n";
-		else if (!s->starttls)
+		else if (!s->b.starttls)
 			r = " BAD STARTTLS not available\r\n";
 		else if (s->authed)
 			r = " BAD STARTTLS not allowed after login\r\n";
@@ -392,12 +364,12 @@ imap_command(struct imap *s, const char *line, size_t len,
 			r = " OK Begin TLS negotiation now\r\n";
 			v = PROTO_STARTTLS;
 		}
-	} else if (pretls(s) && s->require_tls) {
+	} else if (proto_strict(&s->b)) {
 		/* RFC 9051 6.2.3, 7.1: PRIVACYREQUIRED. */
 		if (cmd == IMAP_K_LOGIN || cmd == IMAP_K_AUTHENTICATE)
 			r = " NO [PRIVACYREQUIRED] "
 			    "Must issue STARTTLS first\r\n";
-		else if (!(flags & IMAP_F_PRETLS))
+		else if (!(flags & PROTO_F_PRETLS))
 			r = " BAD Must issue STARTTLS first\r\n";
 		else if (lit != 0 || (n > 0 && line[n - 1] == '}'))
 			r = " BAD Literals not allowed before STARTTLS\r\n";
@@ -463,7 +435,7 @@ imap_client(struct imap *s, const char *line, size_t len,
 		return (PROTO_FORWARD);
 	}
 
-	if (pretls(s) && len > IMAP_CMD_MAX) {
+	if (proto_pretls(&s->b) && len > IMAP_CMD_MAX) {
 		s->state = IMAP_DEAD;
 		out->len = 0;
 		(void)proto_out_add(out, R_BYE_LONG, strlen(R_BYE_LONG));
@@ -523,7 +495,7 @@ caps_rewrite(const struct imap *s, const char *l, size_t n,
     struct proto_out *out)
 {
 	int show = show_starttls(s);
-	int strict = show && s->require_tls;
+	int strict = show && s->b.require_tls;
 	int logindisabled = 0, first = 1;
 	size_t i = 0, j;
 
@@ -640,7 +612,7 @@ greeting(struct imap *s, const char *line, size_t len, size_t n,
 		 * A session already authenticated skips STARTTLS: refuse it
 		 * where TLS is required (RFC 9051 6.2.1 and SECURITY-NOTES 12).
 		 */
-		if (pretls(s) && s->require_tls) {
+		if (proto_strict(&s->b)) {
 			s->state = IMAP_DEAD;
 			return (PROTO_CLOSE);
 		}
@@ -833,7 +805,7 @@ imap_tls_ready(void *st)
 	/* RFC 9051 6.2.1: discard everything learned before STARTTLS. */
 	s->state = IMAP_SWALLOW;
 	s->cstate = IMAP_C_CMD;
-	s->tls = 1;
+	s->b.tls = 1;
 	s->authed = 0;
 	s->outstanding = 0;
 	s->cur = IMAP_K_OTHER;
@@ -884,7 +856,7 @@ imap_line_limit(const void *st, enum proto_side side)
 	const struct imap *s = st;
 
 	/* Literal bytes come through raw() and do not count. */
-	if (side == PROTO_CLIENT && pretls(s))
+	if (side == PROTO_CLIENT && proto_pretls(&s->b))
 		return (IMAP_CMD_MAX);
 	return (IMAP_MAX_LINE);
 }

@@ -19,12 +19,11 @@
  */
 #include <string.h>
 
-#include "proto.h"
+#include "proto_base.h"
 
 #define POP3_MAX_LINE	65536	/* conn's limit; RETR content */
 #define POP3_CMD_MAX	512	/* client command lines before TLS */
 #define POP3_SASL_MAX	12288	/* SASL responses before TLS */
-#define POP3_QMAX	64	/* commands awaiting a response */
 
 enum pop3_state {
 	POP3_COMMAND,		/* the next client line is a command */
@@ -48,17 +47,11 @@ enum pop3_cmd {
 	POP3_C_OTHER,
 };
 
-#define POP3_F_PRETLS	0x01	/* allowed before TLS when require_tls */
-
-static const struct {
-	const char	*name;
-	enum pop3_cmd	 cmd;
-	int		 flags;
-} commands[] = {
-	{ "CAPA",	POP3_C_CAPA,	POP3_F_PRETLS },
-	{ "STLS",	POP3_C_STLS,	POP3_F_PRETLS },
-	{ "NOOP",	POP3_C_OTHER,	POP3_F_PRETLS },
-	{ "QUIT",	POP3_C_OTHER,	POP3_F_PRETLS },
+static const struct proto_cmd commands[] = {
+	{ "CAPA",	POP3_C_CAPA,	PROTO_F_PRETLS },
+	{ "STLS",	POP3_C_STLS,	PROTO_F_PRETLS },
+	{ "NOOP",	POP3_C_OTHER,	PROTO_F_PRETLS },
+	{ "QUIT",	POP3_C_OTHER,	PROTO_F_PRETLS },
 	{ "USER",	POP3_C_OTHER,	0 },
 	{ "PASS",	POP3_C_PASS,	0 },
 	{ "APOP",	POP3_C_PASS,	0 },
@@ -70,20 +63,15 @@ static const struct {
 };
 
 struct pop3 {
-	int		 starttls;	/* client_tls = starttls */
-	int		 client_on_tls;	/* implicit listener */
-	int		 require_tls;
+	struct proto_base b;
 
 	enum pop3_state	 state;
-	int		 tls;		/* STLS done on this session */
 	int		 authed;
 	int		 swallow;	/* drop the fresh backend's greeting */
 	int		 multi;		/* inside a multi-line response */
 	enum pop3_cmd	 multicmd;	/* ... to this command */
 
-	unsigned char	 q[POP3_QMAX];	/* enum pop3_cmd, oldest first */
-	unsigned	 qhead;
-	unsigned	 qlen;
+	struct proto_ring q;		/* enum pop3_cmd owed a response */
 };
 
 static const char *const R_READY = "+OK Begin TLS negotiation\r\n";
@@ -94,42 +82,15 @@ static const char *const R_NOTLS = "-ERR STLS not available\r\n";
 static const char *const R_TLSARG = "-ERR STLS takes no arguments\r\n";
 static const char *const R_LONG = "-ERR Line too long\r\n";
 
-static int
-pretls(const struct pop3 *s)
-{
-
-	return (s->starttls && !s->tls);
-}
-
-static int
-ontls(const struct pop3 *s)
-{
-
-	return (s->tls || s->client_on_tls);
-}
-
-static int
-push(struct pop3 *s, enum pop3_cmd c)
-{
-
-	if (s->qlen == POP3_QMAX)
-		return (-1);
-	s->q[(s->qhead + s->qlen) % POP3_QMAX] = (unsigned char)c;
-	s->qlen++;
-	return (0);
-}
-
 static void
 pop3_init(void *st, const struct proto_opts *o)
 {
 	struct pop3 *s = st;
 
 	memset(s, 0, sizeof(*s));
-	s->starttls = o->starttls;
-	s->client_on_tls = o->client_on_tls;
-	s->require_tls = o->require_tls;
+	proto_base_init(&s->b, o);
 	s->state = POP3_COMMAND;
-	(void)push(s, POP3_C_GREETING);
+	(void)proto_ring_push(&s->q, POP3_C_GREETING);
 }
 
 static size_t
@@ -147,33 +108,31 @@ pop3_command(struct pop3 *s, const char *line, size_t len,
     struct proto_out *out)
 {
 	size_t n = proto_chomp(line, len);
-	size_t vlen, i;
+	size_t vlen;
+	const struct proto_cmd *c;
 	enum pop3_cmd cmd = POP3_C_OTHER;
-	int flags = 0, known = 0;
+	int flags = 0;
 	const char *r = NULL;
 	enum proto_verdict v = PROTO_REPLY;
 
-	if (pretls(s) && len > POP3_CMD_MAX) {
+	if (proto_pretls(&s->b) && len > POP3_CMD_MAX) {
 		s->state = POP3_DEAD;
 		return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 	}
 	for (vlen = 0; vlen < n && line[vlen] != ' '; vlen++)
 		continue;
-	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-		if (proto_word_eq(line, vlen, commands[i].name)) {
-			cmd = commands[i].cmd;
-			flags = commands[i].flags;
-			known = 1;
-			break;
-		}
+	if ((c = proto_cmd_find(commands, sizeof(commands) /
+	    sizeof(commands[0]), line, vlen)) != NULL) {
+		cmd = (enum pop3_cmd)c->cmd;
+		flags = c->flags;
 	}
 
 	if (cmd == POP3_C_STLS) {
 		if (vlen < n)
 			r = R_TLSARG;
-		else if (ontls(s))
+		else if (proto_ontls(&s->b))
 			r = R_TLSACTIVE;
-		else if (!s->starttls)
+		else if (!s->b.starttls)
 			r = R_NOTLS;
 		else if (s->authed)
 			r = R_AUTHED;
@@ -181,13 +140,12 @@ pop3_command(struct pop3 *s, const char *line, size_t len,
 			r = R_READY;
 			v = PROTO_STARTTLS;
 		}
-	} else if (pretls(s) && s->require_tls && !(known &&
-	    (flags & POP3_F_PRETLS)))
+	} else if (proto_strict(&s->b) && !(flags & PROTO_F_PRETLS))
 		r = R_MUSTTLS;
 
 	if (r != NULL) {
 		/* Answer in order, after every earlier response. */
-		if (s->qlen > 0 || s->multi)
+		if (s->q.len > 0 || s->multi)
 			return (PROTO_HOLD);
 		if (v == PROTO_STARTTLS)
 			s->state = POP3_STARTTLS;
@@ -199,7 +157,7 @@ pop3_command(struct pop3 *s, const char *line, size_t len,
 		cmd = POP3_C_LISTALL;
 	else if (cmd == POP3_C_AUTH && vlen == n)
 		cmd = POP3_C_AUTHLIST;
-	if (push(s, cmd) == -1)
+	if (proto_ring_push(&s->q, cmd) == -1)
 		return (PROTO_HOLD);
 	if (cmd == POP3_C_AUTH)
 		s->state = POP3_WAIT;
@@ -217,7 +175,7 @@ pop3_client(struct pop3 *s, const char *line, size_t len,
 	case POP3_WAIT:
 		return (PROTO_HOLD);
 	case POP3_SASL:
-		if (pretls(s) && len > POP3_SASL_MAX) {
+		if (proto_pretls(&s->b) && len > POP3_SASL_MAX) {
 			s->state = POP3_DEAD;
 			return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 		}
@@ -238,10 +196,10 @@ capa_line(struct pop3 *s, const char *line, size_t len, size_t n,
     struct proto_out *out)
 {
 	size_t k;
-	int strict = pretls(s) && s->require_tls;
+	int strict = proto_strict(&s->b);
 
 	if (n == 1 && line[0] == '.') {
-		if (!pretls(s))
+		if (!proto_pretls(&s->b))
 			return (PROTO_FORWARD);
 		out->len = 0;
 		(void)proto_out_add(out, "STLS\r\n", 6);
@@ -323,9 +281,9 @@ pop3_backend(struct pop3 *s, const char *line, size_t len,
 		return (v);
 	}
 
-	if (s->qlen == 0)
+	if (s->q.len == 0)
 		return (PROTO_FORWARD);		/* unsolicited */
-	cmd = (enum pop3_cmd)s->q[s->qhead];
+	cmd = (enum pop3_cmd)proto_ring_peek(&s->q);
 
 	/* A SASL challenge: the AUTH is not over yet. */
 	if (cmd == POP3_C_AUTH && n >= 1 && line[0] == '+' &&
@@ -335,11 +293,10 @@ pop3_backend(struct pop3 *s, const char *line, size_t len,
 		return (PROTO_FORWARD);
 	}
 
-	s->qhead = (s->qhead + 1) % POP3_QMAX;
-	s->qlen--;
+	(void)proto_ring_pop(&s->q);
 	switch (cmd) {
 	case POP3_C_GREETING:
-		if (ok && pretls(s) && s->require_tls)
+		if (ok && proto_strict(&s->b))
 			v = greeting_line(line, len, n, out);
 		if (v == PROTO_CLOSE)
 			s->state = POP3_DEAD;
@@ -388,10 +345,10 @@ pop3_tls_ready(void *st)
 
 	/* RFC 2595 4: discard everything learned before STLS. */
 	s->state = POP3_COMMAND;
-	s->tls = 1;
+	s->b.tls = 1;
 	s->authed = 0;
 	s->multi = 0;
-	s->qhead = s->qlen = 0;
+	s->q.len = 0;
 	s->swallow = 1;
 }
 
@@ -424,7 +381,7 @@ pop3_line_limit(const void *st, enum proto_side side)
 {
 	const struct pop3 *s = st;
 
-	if (side == PROTO_CLIENT && pretls(s)) {
+	if (side == PROTO_CLIENT && proto_pretls(&s->b)) {
 		if (s->state == POP3_COMMAND)
 			return (POP3_CMD_MAX);
 		if (s->state == POP3_SASL)

@@ -23,14 +23,13 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "proto.h"
+#include "proto_base.h"
 
 #define SMTP_MAX_LINE		65536	/* conn's limit; DATA content */
 #define SMTP_CMD_MAX		512	/* before TLS, require_tls = yes */
 #define SMTP_CMD_MAX_OPEN	2048	/* before TLS, require_tls = no */
 #define SMTP_SASL_MAX		12288	/* RFC 4954 4 */
 #define SMTP_HELD_MAX		1024	/* one EHLO reply line (RFC: 512) */
-#define SMTP_QMAX		64	/* commands awaiting a reply */
 #define SMTP_BDAT_MAX		((uint64_t)1 << 62)
 
 enum smtp_state {
@@ -63,19 +62,13 @@ enum smtp_cmd {
 	SMTP_C_OTHER,
 };
 
-#define SMTP_F_PRETLS	0x01	/* allowed before TLS when require_tls */
-
-static const struct {
-	const char	*name;
-	enum smtp_cmd	 cmd;
-	int		 flags;
-} commands[] = {
-	{ "EHLO",	SMTP_C_EHLO,		SMTP_F_PRETLS },
-	{ "HELO",	SMTP_C_HELO,		SMTP_F_PRETLS },
-	{ "STARTTLS",	SMTP_C_STARTTLS,	SMTP_F_PRETLS },
-	{ "NOOP",	SMTP_C_NOOP,		SMTP_F_PRETLS },
-	{ "RSET",	SMTP_C_RSET,		SMTP_F_PRETLS },
-	{ "QUIT",	SMTP_C_QUIT,		SMTP_F_PRETLS },
+static const struct proto_cmd commands[] = {
+	{ "EHLO",	SMTP_C_EHLO,		PROTO_F_PRETLS },
+	{ "HELO",	SMTP_C_HELO,		PROTO_F_PRETLS },
+	{ "STARTTLS",	SMTP_C_STARTTLS,	PROTO_F_PRETLS },
+	{ "NOOP",	SMTP_C_NOOP,		PROTO_F_PRETLS },
+	{ "RSET",	SMTP_C_RSET,		PROTO_F_PRETLS },
+	{ "QUIT",	SMTP_C_QUIT,		PROTO_F_PRETLS },
 	{ "MAIL",	SMTP_C_MAIL,		0 },
 	{ "RCPT",	SMTP_C_RCPT,		0 },
 	{ "DATA",	SMTP_C_DATA,		0 },
@@ -86,21 +79,15 @@ static const struct {
 };
 
 struct smtp {
-	int		 starttls;	/* client_tls = starttls */
-	int		 client_on_tls;	/* implicit listener */
-	int		 require_tls;
-	const char	*hostname;
+	struct proto_base b;
 
 	enum smtp_state	 state;
-	int		 tls;		/* STARTTLS done on this session */
 	int		 authed;	/* 235 seen */
 	int		 in_mail;	/* MAIL accepted, transaction open */
 	int		 swallow;	/* drop the fresh backend's greeting */
 	uint64_t	 bdat;		/* BDAT chunk bytes still to pass */
 
-	unsigned char	 q[SMTP_QMAX];	/* enum smtp_cmd, oldest first */
-	unsigned	 qhead;
-	unsigned	 qlen;
+	struct proto_ring q;		/* enum smtp_cmd owed a reply */
 
 	unsigned	 rlines;	/* lines of the current reply so far */
 	int		 ehlo;		/* current reply is a 250 EHLO reply */
@@ -136,47 +123,17 @@ is_space(char c)
 	return (c == ' ' || (c >= '\t' && c <= '\r'));
 }
 
-/* The plaintext phase of a STARTTLS listener. */
-static int
-pretls(const struct smtp *s)
-{
-
-	return (s->starttls && !s->tls);
-}
-
-/* Is the client on TLS now? */
-static int
-ontls(const struct smtp *s)
-{
-
-	return (s->tls || s->client_on_tls);
-}
-
-static int
-push(struct smtp *s, enum smtp_cmd c)
-{
-
-	if (s->qlen == SMTP_QMAX)
-		return (-1);
-	s->q[(s->qhead + s->qlen) % SMTP_QMAX] = (unsigned char)c;
-	s->qlen++;
-	return (0);
-}
-
 static void
 smtp_init(void *st, const struct proto_opts *o)
 {
 	struct smtp *s = st;
 
 	memset(s, 0, sizeof(*s));
-	s->starttls = o->starttls;
-	s->client_on_tls = o->client_on_tls;
-	s->require_tls = o->require_tls;
-	s->hostname = o->hostname;
+	proto_base_init(&s->b, o);
 	s->state = SMTP_COMMAND;
 
 	/* The greeting is the first reply the backend owes. */
-	(void)push(s, SMTP_C_GREETING);
+	(void)proto_ring_push(&s->q, SMTP_C_GREETING);
 }
 
 static size_t
@@ -229,7 +186,7 @@ smtp_content(struct smtp *s, const char *line, size_t len,
 	int barelf = (n == len - 1);
 
 	if (n == 1 && line[0] == '.') {
-		if (push(s, SMTP_C_DOT) == -1)
+		if (proto_ring_push(&s->q, SMTP_C_DOT) == -1)
 			return (PROTO_HOLD);
 		s->state = SMTP_COMMAND;
 	}
@@ -256,7 +213,8 @@ smtp_command(struct smtp *s, const char *line, size_t len,
     struct proto_out *out)
 {
 	size_t n = proto_chomp(line, len);
-	size_t vs, ve, i;
+	size_t vs, ve;
+	const struct proto_cmd *c;
 	const char *arg;
 	size_t alen;
 	enum smtp_cmd cmd = SMTP_C_OTHER;
@@ -265,8 +223,8 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 	const char *r = NULL;
 	enum proto_verdict v = PROTO_REPLY;
 
-	if (pretls(s) &&
-	    len > (s->require_tls ? SMTP_CMD_MAX : SMTP_CMD_MAX_OPEN)) {
+	if (proto_pretls(&s->b) &&
+	    len > (s->b.require_tls ? SMTP_CMD_MAX : SMTP_CMD_MAX_OPEN)) {
 		s->state = SMTP_DEAD;
 		return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 	}
@@ -283,12 +241,10 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 		continue;
 	arg = line + ve + (ve < n);
 	alen = n - ve - (ve < n);
-	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-		if (proto_word_eq(line + vs, ve - vs, commands[i].name)) {
-			cmd = commands[i].cmd;
-			flags = commands[i].flags;
-			break;
-		}
+	if ((c = proto_cmd_find(commands, sizeof(commands) /
+	    sizeof(commands[0]), line + vs, ve - vs)) != NULL) {
+		cmd = (enum smtp_cmd)c->cmd;
+		flags = c->flags;
 	}
 
 	/*
@@ -303,9 +259,9 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 	else if (cmd == SMTP_C_STARTTLS) {
 		if (vs > 0 || ve < n)
 			r = R_TLSARG;
-		else if (ontls(s))
+		else if (proto_ontls(&s->b))
 			r = R_TLSACTIVE;
-		else if (!s->starttls)
+		else if (!s->b.starttls)
 			r = R_NOTLS;
 		else if (s->authed)
 			r = R_AUTHED;
@@ -315,7 +271,7 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 			r = R_READY;
 			v = PROTO_STARTTLS;
 		}
-	} else if (pretls(s) && s->require_tls && !(flags & SMTP_F_PRETLS)) {
+	} else if (proto_strict(&s->b) && !(flags & PROTO_F_PRETLS)) {
 		r = R_MUSTTLS;
 		/*
 		 * A refused BDAT is followed by a chunk the proxy cannot skip
@@ -333,7 +289,7 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 
 	if (r != NULL) {
 		/* RFC 2920: answer in order, after every earlier reply. */
-		if (s->qlen > 0)
+		if (s->q.len > 0)
 			return (PROTO_HOLD);
 		if (v == PROTO_STARTTLS)
 			s->state = SMTP_STARTTLS;
@@ -342,7 +298,7 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 		return (proto_out_reply(out, r, v));
 	}
 
-	if (push(s, cmd) == -1)
+	if (proto_ring_push(&s->q, cmd) == -1)
 		return (PROTO_HOLD);
 	if (cmd == SMTP_C_DATA || cmd == SMTP_C_AUTH)
 		s->state = SMTP_WAIT;
@@ -364,12 +320,12 @@ smtp_client(struct smtp *s, const char *line, size_t len,
 	case SMTP_CONTENT:
 		return (smtp_content(s, line, len, out));
 	case SMTP_SASL:
-		if (pretls(s) && len > SMTP_SASL_MAX) {
+		if (proto_pretls(&s->b) && len > SMTP_SASL_MAX) {
 			s->state = SMTP_DEAD;
 			return (proto_out_reply(out, R_LONG, PROTO_CLOSE));
 		}
 		/* RFC 4954 4: each response, "*" included, gets a reply. */
-		if (push(s, SMTP_C_AUTH) == -1)
+		if (proto_ring_push(&s->q, SMTP_C_AUTH) == -1)
 			return (PROTO_HOLD);
 		s->state = SMTP_WAIT;
 		return (PROTO_FORWARD);
@@ -396,7 +352,7 @@ drop_keyword(const struct smtp *s, const char *t, size_t n)
 	/* Refused from clients (smtp_command): never offered to them. */
 	if (proto_word_eq(t, k, "XCLIENT") || proto_word_eq(t, k, "XFORWARD"))
 		return (1);
-	if (!pretls(s) || !s->require_tls)
+	if (!proto_strict(&s->b))
 		return (0);
 	/* Also "AUTH=" (Postfix broken_sasl_auth_clients). */
 	if (proto_word_eq(t, k, "AUTH"))
@@ -416,7 +372,7 @@ static enum proto_verdict
 ehlo_line(struct smtp *s, const char *line, size_t len, size_t n, int final,
     struct proto_out *out)
 {
-	int add = pretls(s);
+	int add = proto_pretls(&s->b);
 	int first = (s->rlines == 0);
 	int keep = first || n < 4 || !drop_keyword(s, line + 4, n - 4);
 	static const char starttls_more[] = "250-STARTTLS\r\n";
@@ -506,9 +462,9 @@ smtp_backend(struct smtp *s, const char *line, size_t len,
 	if (s->state == SMTP_STARTTLS)
 		return (PROTO_DROP);
 
-	if (s->qlen == 0)
+	if (s->q.len == 0)
 		return (PROTO_FORWARD);	/* unsolicited, e.g. 421 */
-	cmd = (enum smtp_cmd)s->q[s->qhead];
+	cmd = (enum smtp_cmd)proto_ring_peek(&s->q);
 
 	if (s->rlines == 0)
 		s->ehlo = (cmd == SMTP_C_EHLO && code == 250);
@@ -526,8 +482,7 @@ smtp_backend(struct smtp *s, const char *line, size_t len,
 	/* The reply is complete: it answers the oldest command. */
 	s->rlines = 0;
 	s->ehlo = 0;
-	s->qhead = (s->qhead + 1) % SMTP_QMAX;
-	s->qlen--;
+	(void)proto_ring_pop(&s->q);
 	switch (cmd) {
 	case SMTP_C_EHLO:
 	case SMTP_C_HELO:
@@ -583,11 +538,11 @@ smtp_tls_ready(void *st)
 
 	/* RFC 3207 4.2: discard everything learned before STARTTLS. */
 	s->state = SMTP_COMMAND;
-	s->tls = 1;
+	s->b.tls = 1;
 	s->authed = 0;
 	s->in_mail = 0;
 	s->bdat = 0;
-	s->qhead = s->qlen = 0;
+	s->q.len = 0;
 	s->rlines = 0;
 	s->ehlo = 0;
 	s->heldlen = 0;
@@ -623,9 +578,9 @@ smtp_line_limit(const void *st, enum proto_side side)
 {
 	const struct smtp *s = st;
 
-	if (side == PROTO_CLIENT && pretls(s)) {
+	if (side == PROTO_CLIENT && proto_pretls(&s->b)) {
 		if (s->state == SMTP_COMMAND)
-			return (s->require_tls ? SMTP_CMD_MAX :
+			return (s->b.require_tls ? SMTP_CMD_MAX :
 			    SMTP_CMD_MAX_OPEN);
 		if (s->state == SMTP_SASL)
 			return (SMTP_SASL_MAX);
