@@ -1,7 +1,7 @@
 /*
  * metrics: counters kept per worker and per listener, without locks on the
  * hot path (each worker writes only its own cells), summed when /metrics is
- * scraped; and the HTTP endpoint that serves them.
+ * scraped.  The HTTP endpoint that serves them is metrics_http.h.
  */
 #ifndef MAILTLSD_METRICS_H
 #define MAILTLSD_METRICS_H

@@ -11,7 +11,13 @@
 
 #include "config.h"
 
-/* Large enough for any reply a handler writes, a rewritten EHLO included. */
+/*
+ * Large enough for any reply a handler writes, a rewritten EHLO included.
+ * Not a growing string (as metrics_http.c's sbuf) nor a cut one (as log.c's
+ * line): it is filled per line on the relay's hot path, so it never
+ * allocates, and an append that does not fit fails whole (a cut reply
+ * would be malformed).
+ */
 #define PROTO_OUT_MAX	8192
 
 struct proto_out {
@@ -36,7 +42,10 @@ enum proto_verdict {
 				   the TLS handshake with the client */
 	PROTO_PASSTHROUGH,	/* pass the line on (out->buf instead when
 				   out->len > 0), then stop parsing both ways */
-	PROTO_CLOSE,		/* send out->buf (if any) to the sender, then close */
+	PROTO_CLOSE,		/* close the connection; out->buf (if any) goes
+				   to the client first, and a backend line
+				   with none gets the client the protocol's
+				   proto_unavailable() reply */
 };
 
 struct proto_opts {
@@ -87,7 +96,10 @@ struct proto_ops {
 	 */
 	void		 (*tls_ready)(void *st);
 
-	/* The handler's phase, for logs. */
+	/*
+	 * The handler's phase as a short word ("greeting", "command", ...),
+	 * never NULL: for tests and debugging (conn does not log it).
+	 */
 	const char	*(*strstate)(const void *st);
 };
 

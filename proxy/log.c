@@ -12,7 +12,11 @@ static enum config_logfmt format = CONFIG_LOG_TEXT;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
-/* A log line longer than this is cut; the cut is marked. */
+/*
+ * A log line longer than this is cut; the cut is marked.  A fixed buffer on
+ * the stack rather than a growing one: logging must work when memory does
+ * not, and a line is always written, cut rather than dropped.
+ */
 #define LOG_LINE_MAX	4096
 
 struct lbuf {

@@ -21,7 +21,12 @@
 #define CONTENT_TYPE_METRICS	"text/plain; version=0.0.4; charset=utf-8"
 #define CONTENT_TYPE_TEXT	"text/plain; charset=utf-8"
 
-/* A growing text buffer; after a failed allocation it stays failed. */
+/*
+ * A growing text buffer; after a failed allocation it stays failed.  It
+ * grows (unlike proto_out or the log line) because a scrape has a line per
+ * listener and certificate, and a failed scrape is answered 500 rather than
+ * cut.
+ */
 struct sbuf {
 	char	*p;
 	size_t	 len;

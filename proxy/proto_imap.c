@@ -2,8 +2,9 @@
  * proto_imap: the IMAP handler (RFC 9051 / RFC 3501, STARTTLS RFC 2595 and
  * RFC 9051 6.2.1, LITERAL+/LITERAL- RFC 7888, IDLE RFC 2177).  No I/O.
  *
- * One framing model for both directions (SECURITY-NOTES point 2, the
- * CVE-2022-28220 parser differential):
+ * One framing model for both directions, the backend's own: where the
+ * proxy reads the bytes otherwise, injection is back (the CVE-2022-28220
+ * parser differential):
  *
  *  - A client line ending in "{n+}" is followed by n literal bytes that
  *    belong to the command; they are passed on as raw bytes and never parsed,
@@ -471,7 +472,7 @@ dead:
 
 /*
  * Before TLS with require_tls, is the capability at ${w} (${wl} bytes) one
- * that invites credentials in clear (SECURITY-NOTES 19)?  AUTH= offers a
+ * that invites credentials in clear?  AUTH= offers a
  * mechanism, SASL-IR lets a client put its credentials in the first line
  * of AUTHENTICATE: refused, but by then the password has crossed the
  * network.
@@ -610,7 +611,7 @@ greeting(struct imap *s, const char *line, size_t len, size_t n,
 	if (n >= 10 && proto_word_eq(line, 10, "* PREAUTH ")) {
 		/*
 		 * A session already authenticated skips STARTTLS: refuse it
-		 * where TLS is required (RFC 9051 6.2.1 and SECURITY-NOTES 12).
+		 * where TLS is required (RFC 9051 6.2.1).
 		 */
 		if (proto_strict(&s->b)) {
 			s->state = IMAP_DEAD;

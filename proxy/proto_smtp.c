@@ -2,8 +2,8 @@
  * proto_smtp: the SMTP handler (RFC 5321, STARTTLS RFC 3207, PIPELINING
  * RFC 2920, CHUNKING RFC 3030, AUTH RFC 4954).  No I/O.
  *
- * The handler keeps one framing model for both directions (SECURITY-NOTES
- * point 2): a queue of the commands forwarded to the backend whose replies
+ * The handler keeps one framing model for both directions, the backend's
+ * own (a proxy that reads the bytes otherwise re-opens injection): a queue of the commands forwarded to the backend whose replies
  * are still owed, so that it knows which reply is the EHLO reply, when DATA
  * content starts (354) and ends ("."), which bytes are a BDAT chunk, and
  * which client lines are SASL responses (334).  A client line whose meaning
@@ -250,9 +250,8 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 	/*
 	 * Decide whether the proxy answers this command itself.  XCLIENT and
 	 * XFORWARD are for proxies the backend trusts, which is what mailtlsd
-	 * is: from a client they would claim another address or login
-	 * (SECURITY-NOTES 21), so they are refused on every listener, before
-	 * and after TLS.
+	 * is: from a client they would claim another address or login, so
+	 * they are refused on every listener, before and after TLS.
 	 */
 	if (cmd == SMTP_C_XCLIENT)
 		r = R_XCLIENT;

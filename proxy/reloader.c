@@ -565,7 +565,12 @@ one_line(const char *msg)
 	return (s);
 }
 
-/* The files to name in the log: those that changed, or all of them. */
+/*
+ * The files to name in the log: those that changed, or all of them.  Strings
+ * here are built with open_memstream(): certs_load() and ticket_reload()
+ * report to a FILE * (stderr at start-up), and a reload is rare, so the
+ * allocation costs nothing that matters.
+ */
 static char *
 file_list(const struct rlistener *rl, int all)
 {
