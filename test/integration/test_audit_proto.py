@@ -99,6 +99,7 @@ class Xclient(unittest.TestCase):
 
         with self.subTest(listener="implicit"):
             c = TlsConn(ports[0])
+            self.addCleanup(c.close)
             self.assertEqual(c.recv_until(b"\r\n"), st.SMTP_GREETING)
             self.dialogue(c, bdat=True)
             self.quit(c)
@@ -168,11 +169,8 @@ class BackendGreeting(unittest.TestCase):
         d = Mailtlsd(bt.config({"bst": bt.listener(
             proto, b.addr, port, "starttls", client_tls=client_tls)}),
             tc=self, name="bgreeting").start()
-        if client_tls == "implicit":
-            c = TlsConn(port)
-        else:
-            c = st.Plain(port)
-            self.addCleanup(c.close)
+        c = TlsConn(port) if client_tls == "implicit" else st.Plain(port)
+        self.addCleanup(c.close)
         return b, d, c
 
     def test_imap_response_codes_removed(self):
