@@ -12,6 +12,7 @@
 #define MAILTLSD_METRICS_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <uv.h>
 
@@ -37,6 +38,8 @@ struct metrics_src {
 	const char		 *version;	/* for mailtlsd_build_info */
 	const char		 *gnutls;
 	const char		 *libuv;
+	const uint64_t		 *config_reloads;	/* [0] ok, [1] error;
+							   NULL: not shown */
 };
 
 struct metrics_http;

@@ -115,8 +115,7 @@ struct conn {
 	struct worker		*w;
 	struct listener		*l;
 	const struct config_listener *lc;
-	struct conn		*prev;
-	struct conn		*next;
+	struct worker_link	 link;		/* on the worker's list */
 	uint64_t		 id;
 	enum conn_phase		 phase;
 	enum conn_phase		 closed_in;	/* phase when closing began */
@@ -204,14 +203,15 @@ static void
 count(const struct conn *c, enum metric m, int64_t n)
 {
 
-	metrics_add(c->w->metrics, (size_t)c->w->id, c->l->index, m, n);
+	metrics_add(worker_metrics(c->w), (size_t)worker_id(c->w), c->l->index,
+	    m, n);
 }
 
 static uint64_t
 now_ms(const struct conn *c)
 {
 
-	return (uv_now(&c->w->loop));
+	return (uv_now(worker_loop(c->w)));
 }
 
 static int
@@ -591,19 +591,12 @@ static void
 conn_free(struct conn *c)
 {
 	struct worker *w = c->w;
-	struct listener *l = c->l;
-
 	int listed = c->listed;
 
 	if (listed) {
 		log_close(c);
 		count(c, METRIC_CONN_ACTIVE, -1);
-		if (c->prev != NULL)
-			c->prev->next = c->next;
-		else
-			w->conns = c->next;
-		if (c->next != NULL)
-			c->next->prev = c->prev;
+		worker_conn_remove(w, &c->link);
 	}
 	free(c->sni);
 	free(c->subject);
@@ -611,8 +604,6 @@ conn_free(struct conn *c)
 	free(c->addrs);
 	free(c->pst);
 	free(c);
-	if (listed)
-		worker_conn_gone(w, l);
 }
 
 /*
@@ -701,7 +692,7 @@ struct conn *
 conn_next(const struct conn *c)
 {
 
-	return (c->next);
+	return (c->link.next != NULL ? c->link.next->conn : NULL);
 }
 
 /* Tell the client the service is not there, in its protocol, and close. */
@@ -798,7 +789,7 @@ alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	struct side *s = h->data;
 
 	(void)hint;
-	*buf = uv_buf_init(s->c->w->rbuf, sizeof(s->c->w->rbuf));
+	*buf = uv_buf_init(worker_rbuf(s->c->w), WORKER_READ_CHUNK);
 }
 
 /* The backend is being set up: connect, its STARTTLS dialogue, its TLS. */
@@ -1075,11 +1066,12 @@ client_cipher(struct conn *c, const char *data, size_t len)
 	 */
 	off = 0;
 	for (;;) {
-		n = tlsio_recv(t, c->w->pbuf + off, sizeof(c->w->pbuf) - off);
-		if (n > 0 && (off += (size_t)n) < sizeof(c->w->pbuf))
+		n = tlsio_recv(t, worker_pbuf(c->w) + off,
+		    WORKER_READ_CHUNK - off);
+		if (n > 0 && (off += (size_t)n) < WORKER_READ_CHUNK)
 			continue;
 		if (off > 0) {
-			on_client_plain(c, c->w->pbuf, off);
+			on_client_plain(c, worker_pbuf(c->w), off);
 			off = 0;
 			if (c->phase == CONN_CLOSING || c->client.tls != t)
 				break;
@@ -1236,12 +1228,12 @@ relay_read(struct conn *c, struct side *s, char *data, size_t nread)
 		/* As from the client: one write per read, not per record. */
 		off = 0;
 		for (;;) {
-			n = tlsio_recv(s->tls, c->w->pbuf + off,
-			    sizeof(c->w->pbuf) - off);
-			if (n > 0 && (off += (size_t)n) < sizeof(c->w->pbuf))
+			n = tlsio_recv(s->tls, worker_pbuf(c->w) + off,
+			    WORKER_READ_CHUNK - off);
+			if (n > 0 && (off += (size_t)n) < WORKER_READ_CHUNK)
 				continue;
 			if (off > 0) {
-				on_backend_plain(c, s, c->w->pbuf, off);
+				on_backend_plain(c, s, worker_pbuf(c->w), off);
 				off = 0;
 				if (c->phase == CONN_CLOSING || c->backend != s)
 					break;
@@ -1372,7 +1364,7 @@ static void
 process(struct conn *c, struct side *s)
 {
 	struct side *to;
-	struct proto_out *out = &c->w->out;
+	struct proto_out *out = worker_out(c->w);
 	enum proto_verdict v;
 	size_t raw, len, limit, max = c->ops->max_line;
 	/* A NUL byte closes only while the client is still in plaintext. */
@@ -1536,7 +1528,7 @@ backend_start_tls(struct conn *c, struct side *b)
 static void
 backend_dialogue(struct conn *c, struct side *b, const char *data, size_t len)
 {
-	struct proto_out *out = &c->w->out;
+	struct proto_out *out = worker_out(c->w);
 	const char *eol;
 	size_t n;
 
@@ -1671,9 +1663,9 @@ backend_connect(struct conn *c)
 	b->creq.data = b;
 	b->sreq.data = b;
 	if (a->ss.ss_family == AF_UNIX)
-		rc = uv_pipe_init(&c->w->loop, &b->u.pipe, 0);
+		rc = uv_pipe_init(worker_loop(c->w), &b->u.pipe, 0);
 	else
-		rc = uv_tcp_init(&c->w->loop, &b->u.tcp);
+		rc = uv_tcp_init(worker_loop(c->w), &b->u.tcp);
 	if (rc < 0) {
 		free(b);
 		backend_unavailable(c, uv_strerror(rc));
@@ -1790,9 +1782,9 @@ proxy_header(struct conn *c, const char *data, size_t len)
 	/* The rest is the client's own: hand it on, from a copy. */
 	len = c->client.lblen - used;
 	if (len > 0)
-		memcpy(c->w->rbuf, c->client.lb + used, len);
+		memcpy(worker_rbuf(c->w), c->client.lb + used, len);
 	lb_free(&c->client);
-	start_session(c, c->w->rbuf, len);
+	start_session(c, worker_rbuf(c->w), len);
 }
 
 static void
@@ -1833,12 +1825,11 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	c->w = w;
 	c->l = l;
 	c->lc = lc;
-	c->id = ++w->next_id * 256 + (uint64_t)w->id;
 	c->client.c = c;
 	c->client.is_client = 1;
 	c->client.connected = 1;
 	c->client.ready = 1;
-	c->t_start = c->last_active = uv_now(&w->loop);
+	c->t_start = c->last_active = uv_now(worker_loop(w));
 	format_peer(peer, c->peer, sizeof(c->peer));
 	if ((c->ops = l->proto) != NULL) {
 		if ((c->pst = calloc(1, c->ops->state_size)) == NULL)
@@ -1853,7 +1844,7 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	if (lc->proxy_protocol != CONFIG_PP_NONE &&
 	    (c->addrs = calloc(1, sizeof(*c->addrs))) == NULL)
 		goto err2;
-	if (uv_tcp_init(&w->loop, &c->client.u.tcp) < 0)
+	if (uv_tcp_init(worker_loop(w), &c->client.u.tcp) < 0)
 		goto err2;
 	c->client.u.h.data = &c->client;
 	if (uv_tcp_open(&c->client.u.tcp, fd) < 0) {
@@ -1867,20 +1858,15 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	c->client.open = 1;
 	c->nhandles = 1;
 	/* TCP_NODELAY comes from the listening socket (worker.c). */
-	if (uv_timer_init(&w->loop, &c->timer) < 0)
+	if (uv_timer_init(worker_loop(w), &c->timer) < 0)
 		goto err3;
 	c->timer.data = c;
 	c->nhandles++;
 
-	c->next = w->conns;
-	if (w->conns != NULL)
-		w->conns->prev = c;
-	w->conns = c;
+	c->id = worker_conn_add(w, l, &c->link, c);
 	c->listed = 1;
-	w->nconns++;
 	count(c, METRIC_CONN_TOTAL, 1);
 	count(c, METRIC_CONN_ACTIVE, 1);
-	atomic_fetch_add(&l->nconns, 1);
 
 	/* Who and where matter only to a PROXY header. */
 	if (c->addrs != NULL) {

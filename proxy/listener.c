@@ -11,6 +11,9 @@
 #include "listener.h"
 #include "log.h"
 
+/* Set numbers, for telling a set from a later one made at the same address. */
+static atomic_uint_fast64_t next_gen = 1;
+
 /*
  * Toward the backend: the CA to verify it against (the system's trust
  * store unless backend_ca is given) and the name it must have.
@@ -66,7 +69,8 @@ listener_setup(struct listener *l, const struct config_listener *conf,
 	memset(l, 0, sizeof(*l));
 	l->conf = conf;
 	l->proto = proto_find(conf->protocol);
-	atomic_init(&l->nconns, 0);
+	atomic_init(&l->own_nconns, 0);
+	l->nconns = &l->own_nconns;
 	if (conf->backend_tls != CONFIG_TLS_NONE &&
 	    backend_setup(l, conf, cfgpath, errf) < 0)
 		return (-1);
@@ -127,6 +131,134 @@ listener_teardown(struct listener *l)
 		memset(&l->btls, 0, sizeof(l->btls));
 		l->backend_tls = 0;
 	}
+}
+
+/**
+ * listener_set_new(cfg, ticket, errf):
+ * Set up a listener for every section of ${cfg} (listener_setup: every
+ * certificate, key and CA is read and checked).  Problems are written to
+ * ${errf} as "FILE:LINE: message".  Return the set, holding one reference
+ * for the caller and owning ${cfg}, or NULL (then ${cfg} is still the
+ * caller's).  ${ticket} is borrowed for the set's lifetime.
+ */
+struct listener_set *
+listener_set_new(struct config *cfg, struct ticket *ticket, FILE *errf)
+{
+	struct listener_set *s;
+	size_t i;
+	int bad = 0;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		goto err0;
+	if ((s->ls = calloc(cfg->nlisteners > 0 ? cfg->nlisteners : 1,
+	    sizeof(*s->ls))) == NULL)
+		goto err1;
+	/* Every listener, not only up to the first bad one: -t lists all. */
+	for (i = 0; i < cfg->nlisteners; i++) {
+		if (listener_setup(&s->ls[i], &cfg->listeners[i], cfg->path,
+		    ticket, errf) < 0)
+			bad = 1;
+		s->ls[i].set = s;
+		s->ls[i].index = i;
+	}
+	s->n = cfg->nlisteners;
+	if (bad)
+		goto err2;
+	atomic_init(&s->refs, 1);
+	s->gen = atomic_fetch_add(&next_gen, 1);
+	s->cfg = cfg;
+	return (s);
+
+err2:
+	for (i = 0; i < s->n; i++)
+		listener_teardown(&s->ls[i]);
+	free(s->ls);
+err1:
+	free(s);
+err0:
+	return (NULL);
+}
+
+/**
+ * listener_set_ref(s):
+ * Take one more reference to ${s} (any thread); return ${s}.
+ */
+struct listener_set *
+listener_set_ref(struct listener_set *s)
+{
+
+	atomic_fetch_add(&s->refs, 1);
+	return (s);
+}
+
+/**
+ * listener_set_unref(s):
+ * Drop a reference (any thread); the last one tears every listener down and
+ * frees the configuration.  NULL is a no-op.
+ */
+void
+listener_set_unref(struct listener_set *s)
+{
+	size_t i;
+
+	if (s == NULL || atomic_fetch_sub(&s->refs, 1) != 1)
+		return;
+	for (i = 0; i < s->n; i++)
+		listener_teardown(&s->ls[i]);
+	free(s->ls);
+	config_free(s->cfg);
+	free(s);
+}
+
+/**
+ * listener_addr_equal(a, b):
+ * Return 1 if ${a} and ${b} are the same socket address, else 0.
+ */
+int
+listener_addr_equal(const struct config_addr *a, const struct config_addr *b)
+{
+	const struct sockaddr_in *a4, *b4;
+	const struct sockaddr_in6 *a6, *b6;
+	const struct sockaddr_un *au, *bu;
+
+	if (a->ss.ss_family != b->ss.ss_family)
+		return (0);
+	switch (a->ss.ss_family) {
+	case AF_INET:
+		a4 = (const struct sockaddr_in *)&a->ss;
+		b4 = (const struct sockaddr_in *)&b->ss;
+		return (a4->sin_port == b4->sin_port &&
+		    a4->sin_addr.s_addr == b4->sin_addr.s_addr);
+	case AF_INET6:
+		a6 = (const struct sockaddr_in6 *)&a->ss;
+		b6 = (const struct sockaddr_in6 *)&b->ss;
+		return (a6->sin6_port == b6->sin6_port &&
+		    a6->sin6_scope_id == b6->sin6_scope_id &&
+		    memcmp(&a6->sin6_addr, &b6->sin6_addr,
+		    sizeof(a6->sin6_addr)) == 0);
+	case AF_UNIX:
+		au = (const struct sockaddr_un *)&a->ss;
+		bu = (const struct sockaddr_un *)&b->ss;
+		return (strncmp(au->sun_path, bu->sun_path,
+		    sizeof(au->sun_path)) == 0);
+	default:
+		return (0);
+	}
+}
+
+/**
+ * listener_find(s, a):
+ * The listener of ${s} listening on ${a}, or NULL.
+ */
+struct listener *
+listener_find(struct listener_set *s, const struct config_addr *a)
+{
+	size_t i;
+
+	for (i = 0; i < s->n; i++)
+		if (listener_addr_equal(&s->ls[i].conf->listen, a))
+			return (&s->ls[i]);
+	return (NULL);
 }
 
 static int

@@ -319,6 +319,22 @@ render_certs(struct sbuf *b, const struct reloader *r)
 	}
 }
 
+/* SIGHUP reloads of the configuration file (main.c counts them). */
+static void
+render_config_reloads(struct sbuf *b, const uint64_t *n)
+{
+
+	if (n == NULL)
+		return;
+	sb_family(b, "mailtlsd_config_reloads_total", "counter",
+	    "Configuration reloads (SIGHUP), by result (an error keeps the "
+	    "running configuration).");
+	sb_printf(b, "mailtlsd_config_reloads_total{result=\"ok\"} %" PRIu64
+	    "\n", n[0]);
+	sb_printf(b, "mailtlsd_config_reloads_total{result=\"error\"} %"
+	    PRIu64 "\n", n[1]);
+}
+
 /**
  * metrics_http_render(src, len):
  * The exposition text of ${src} as it is now: a NUL-terminated string of
@@ -339,6 +355,7 @@ metrics_http_render(const struct metrics_src *src, size_t *len)
 	sb_puts(&b, "} 1\n");
 	render_counters(&b, src);
 	render_certs(&b, src->reloader);
+	render_config_reloads(&b, src->config_reloads);
 	if (b.failed) {
 		free(b.p);
 		return (NULL);

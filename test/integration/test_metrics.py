@@ -482,6 +482,13 @@ class ScriptedCounts(unittest.TestCase):
             "mailtlsd_bytes_total": "counter",
             "mailtlsd_cert_not_after_seconds": "gauge",
             "mailtlsd_cert_reloads_total": "counter",
+            "mailtlsd_config_reloads_total": "counter",
+        })
+        # The SIGHUP above read the configuration file again: one good
+        # reload, no error.
+        self.assertEqual(values(fams, "mailtlsd_config_reloads_total"), {
+            (("result", "ok"),): 1,
+            (("result", "error"),): 0,
         })
         ((_, labels), value), = fams["mailtlsd_build_info"][
             "samples"].items()
