@@ -610,7 +610,14 @@ signal_cb(uv_signal_t *s, int signum)
 
 	switch (signum) {
 	case SIGHUP:
-		if (!m->stopping)
+		/*
+		 * The new process of an upgrade has the sockets as they were:
+		 * a reload now would leave the two out of step.
+		 */
+		if (m->up_fd >= 0)
+			log_warn("config_reload", "SIGHUP ignored: an upgrade "
+			    "is under way; send it to the new process");
+		else if (!m->stopping)
 			reload_config(m);
 		return;
 	case SIGUSR2:

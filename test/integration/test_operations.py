@@ -109,6 +109,13 @@ def metrics_text(port):
         return r.read().decode()
 
 
+def metrics_or_none(port):
+    try:
+        return metrics_text(port)
+    except OSError:
+        return ""
+
+
 def count_lines(d, pattern):
     return len(re.findall(pattern, d.log, re.M))
 
@@ -295,8 +302,10 @@ class TestUpgrade(OperationsCase):
                 pass
 
     def start(self, name):
-        d = Mailtlsd(self.conf(self.a, shutdown_timeout="30s"), tc=self,
-                     name=name)
+        self.mport = free_port()
+        d = Mailtlsd(self.conf(self.a, shutdown_timeout="30s",
+                               metrics="%s:%d" % (LOOPBACK, self.mport)),
+                     tc=self, name=name)
         d.bin = self.bin
         d.start()
         return d
@@ -311,6 +320,8 @@ class TestUpgrade(OperationsCase):
         new = int(ok)
         self.live.append(new)
         self.assertRegex(d.log, r"event=ready .*pid %d" % new)
+        # The old process let go of the /metrics port; the new one has it.
+        self.assertIn("mailtlsd_connections_total", metrics_text(self.mport))
         return new
 
     def test_5_upgrades_refuse_nothing(self):
@@ -366,6 +377,10 @@ class TestUpgrade(OperationsCase):
             d.wait_log(r"event=upgrade .*result=failed", 20)
             d.wait_log(r"event=upgrade .*exited with status 1", 20)
             loop.wait_more()
+            # Its /metrics endpoint is back.
+            wait_for(lambda: "mailtlsd_connections_total" in
+                     metrics_or_none(self.mport), 10 * SLOW,
+                     what="/metrics after the failed upgrade")
             self.assertIsNone(d.proc.poll())
             self.assertEqual(greeting(self.port), GREET_A)
             # Put the good binary back: now the upgrade goes through.
