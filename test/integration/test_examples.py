@@ -496,6 +496,17 @@ class Systemd(unittest.TestCase):
         self.assertGreater(int(u["TimeoutStopSec"][0].rstrip("s")),
                            int(st.rstrip("s")))
 
+    def test_socket_unit_matches_the_listeners(self):
+        """mailtlsd.socket offers exactly the example's listen addresses,
+        written as in the config (an inherited socket is matched by
+        address), and the service is Type=notify."""
+        sock = read(examples("systemd", "mailtlsd.socket"))
+        streams = re.findall(r"^ListenStream=(\S+)$", sock, re.M)
+        conf = parse_conf(read(examples("systemd", "mailtlsd.conf")))
+        self.assertEqual(sorted(streams), sorted(values(conf, "listen")))
+        self.assertEqual(self.unit()["Type"], ["notify"])
+        self.assertEqual(self.unit()["NotifyAccess"], ["all"])
+
     def test_systemd_analyze_verify(self):
         sa = mtd.need_tool("systemd-analyze")
         d = mtd.tempdir("mtd-ex-unit-")
@@ -504,7 +515,9 @@ class Systemd(unittest.TestCase):
         with open(unit, "w") as f:
             f.write(read(self.UNIT).replace("/usr/sbin/mailtlsd",
                                             mtd.mailtlsd_bin()))
-        p = mtd.run([sa, "verify", "--man=no", unit], timeout=120)
+        sock = os.path.join(d, "mailtlsd.socket")
+        shutil.copy(examples("systemd", "mailtlsd.socket"), sock)
+        p = mtd.run([sa, "verify", "--man=no", sock, unit], timeout=120)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         # it reports unknown keys and bad values without failing
         self.assertEqual((p.stdout + p.stderr).strip(), "",
