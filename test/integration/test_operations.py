@@ -164,25 +164,32 @@ class TestReload(OperationsCase):
 
     def test_20_reloads_refuse_nothing(self):
         """20 SIGHUPs cycling through a backend change, a listener added,
-        the listener removed and a bad file: the loop sees no refused or
-        failed connection, every open session completes a command after
-        each reload, new sessions get the new settings, and /metrics
-        counts the reloads by result."""
+        the listener removed, a bad file, and a file whose new address is
+        held by another socket: the loop sees no refused or failed
+        connection, every open session completes a command after each
+        reload, new sessions get the new settings (or the old ones after an
+        error), and /metrics counts the reloads by result."""
         mport = free_port()
         extra = free_port()
-        d = Mailtlsd(self.conf(self.a, metrics="%s:%d" % (LOOPBACK, mport)),
-                     tc=self, name="reload20")
+        # Somebody else's socket on the address of a new listener.
+        held = socket.socket()
+        self.addCleanup(held.close)
+        held.bind((LOOPBACK, 0))
+        held.listen(1)
+        busy_port = held.getsockname()[1]
+        metrics = "%s:%d" % (LOOPBACK, mport)
+        busy = self.conf(self.a, extra, metrics=metrics)
+        busy["busy"] = listener_conf("none", self.a.addr, busy_port)
+        d = Mailtlsd(self.conf(self.a, metrics=metrics), tc=self,
+                     name="reload20")
         d.start()
         steps = [
-            ("backend", self.conf(self.b, metrics="%s:%d" % (LOOPBACK,
-                                                              mport))),
-            ("add", self.conf(self.a, extra, metrics="%s:%d" % (LOOPBACK,
-                                                                 mport))),
-            ("remove", self.conf(self.b, metrics="%s:%d" % (LOOPBACK,
-                                                             mport))),
+            ("backend", self.conf(self.b, metrics=metrics)),
+            ("add", self.conf(self.a, extra, metrics=metrics)),
+            ("remove", self.conf(self.b, metrics=metrics)),
             ("bad", None),
-            ("back", self.conf(self.a, metrics="%s:%d" % (LOOPBACK,
-                                                           mport))),
+            ("busy", busy),
+            ("back", self.conf(self.a, metrics=metrics)),
         ]
         expect = GREET_A
         ok = err = 0
@@ -193,7 +200,8 @@ class TestReload(OperationsCase):
                 old, old_greet = self.session()
                 self.assertEqual(old_greet, expect)
                 if cfg is None:
-                    # A typo and an unknown key: two FILE:LINE errors.
+                    # A bad address and an unknown key: two FILE:LINE
+                    # errors.
                     text = render_config(self.conf(self.b, extra)) + \
                         "\n[broken]\nlisten = 127.0.0.1:notaport\n" \
                         "no_such_key = 1\n"
@@ -207,21 +215,34 @@ class TestReload(OperationsCase):
                 wait_for(lambda: count_lines(
                     d, r"event=config_reload .*result=") > n, 10 * SLOW,
                     what="reload %d (%s) logged" % (i, what))
-                if cfg is None:
+                last = re.findall(r"event=config_reload .*result=(\w+)",
+                                  d.log)[-1]
+                if what == "bad":
                     err += 1
+                    self.assertEqual(last, "error")
                     self.assertRegex(d.log, re.escape(d.path) +
                                      r":\d+: .*notaport")
                     self.assertRegex(d.log, re.escape(d.path) +
                                      r":\d+: .*no_such_key")
+                elif what == "busy":
+                    err += 1
+                    self.assertEqual(last, "error")
+                    self.assertRegex(d.log, re.escape(d.path) +
+                                     r":\d+: listener busy: .*%d" %
+                                     busy_port)
+                    # The socket made for "extra" in the same attempt was
+                    # closed again: nothing changed.
+                    self.assertFalse(mtd.port_accepts(extra))
                 else:
                     ok += 1
+                    self.assertEqual(last, "ok")
                     expect = {"backend": GREET_B, "add": GREET_A,
                               "remove": GREET_B, "back": GREET_A}[what]
                 # The session opened before finishes under its settings.
                 session_command(self, old, b"NOOP %d" % i)
                 old.close()
-                # New sessions: the new backend (or the old one after a
-                # bad file).
+                # New sessions: the new backend (or the old one after an
+                # error).
                 self.assertEqual(greeting(self.port), expect,
                                  "after reload %d (%s)" % (i, what))
                 if what == "add":
@@ -236,6 +257,7 @@ class TestReload(OperationsCase):
         self.assertEqual(loop.failures, [], d.log[-4000:])
         self.assertGreater(loop.ok, 20)
         self.assertEqual(loop.seen, {GREET_A, GREET_B})
+        self.assertEqual((ok, err), (14, 6))
         m = metrics_text(mport)
         self.assertIn('mailtlsd_config_reloads_total{result="ok"} %d' % ok,
                       m)
