@@ -17,6 +17,7 @@ struct lsock {
 	struct lsock		*next;
 	struct config_addr	 addr;
 	char			 name[128];	/* its listener's, for export */
+	char			 next_name[128];	/* in the plan */
 	int			*fds;		/* master copies */
 	size_t			 nfds;
 	struct wfds {				/* each worker's duplicates */
@@ -312,6 +313,8 @@ lsock_plan(struct lsock_table *t, struct listener_set *set, FILE *errf)
 
 		if ((s = find_sock(t, &l->conf->listen)) != NULL) {
 			s->used = 1;
+			snprintf(s->next_name, sizeof(s->next_name), "%s",
+			    l->conf->name);
 			continue;
 		}
 		if (new_sock(t, l, set->cfg->path, errf) < 0) {
@@ -395,6 +398,10 @@ lsock_commit(struct lsock_table *t)
 
 	for (sp = &t->socks; (s = *sp) != NULL;) {
 		if (s->used) {
+			/* A listener renamed at the same address. */
+			if (s->next_name[0] != '\0')
+				memcpy(s->name, s->next_name, sizeof(s->name));
+			s->next_name[0] = '\0';
 			s->planned = 0;
 			sp = &s->next;
 			continue;
@@ -430,6 +437,7 @@ lsock_abort(struct lsock_table *t)
 
 	for (sp = &t->socks; (s = *sp) != NULL;) {
 		if (!s->planned) {
+			s->next_name[0] = '\0';
 			sp = &s->next;
 			continue;
 		}

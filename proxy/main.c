@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -71,6 +72,9 @@ struct mainctx {
 	char		  up_buf[16];
 	size_t		  up_len;
 	int		  ready_fd;	/* ours, when we are the new process */
+	/* What a running process cannot change, as it started. */
+	char		 *run_user;	/* NULL: none */
+	unsigned	  run_workers;	/* as written: 0 = auto */
 };
 
 static void
@@ -351,19 +355,22 @@ err0:
 	return (NULL);
 }
 
-/* Settings a running process keeps: say so when the file changes them. */
+/*
+ * Settings a running process keeps: say so whenever the file differs from
+ * what the process started with (not only from the last reload).
+ */
 static void
-restart_needed(const struct config *cur, const struct config *new)
+restart_needed(const struct mainctx *m, const struct config *new)
 {
 
-	if (!same_str(cur->user, new->user))
+	if (!same_str(m->run_user, new->user))
 		log_warn("config_reload", "user changed to %s: a restart is "
 		    "needed; still running as %s", new->user != NULL ?
-		    new->user : "(none)", cur->user != NULL ? cur->user :
+		    new->user : "(none)", m->run_user != NULL ? m->run_user :
 		    "(the starting user)");
-	if (cur->workers != new->workers)
+	if (m->run_workers != new->workers)
 		log_warn("config_reload", "workers changed: a restart is "
-		    "needed; keeping the running workers");
+		    "needed; keeping the %u running worker(s)", m->nws);
 }
 
 /*
@@ -411,7 +418,7 @@ reload_config(struct mainctx *m)
 	/* Warnings (a backend name that does not resolve yet, say). */
 	(void)log_lines(CONFIG_LOG_WARN, "config_reload", text);
 	free(text);
-	restart_needed(old->cfg, set->cfg);
+	restart_needed(m, set->cfg);
 	for (i = 0; i < set->n; i++)
 		if (listener_find(old, &set->ls[i].conf->listen) == NULL)
 			nadded++;
@@ -709,6 +716,9 @@ run(struct mainctx *m)
 	uv_async_init(m->loop, &m->done_async, all_done_check);
 	m->done_async.data = m;
 
+	m->run_workers = cfg->workers;
+	if (cfg->user != NULL && (m->run_user = strdup(cfg->user)) == NULL)
+		return (EXIT_STARTUP);
 	m->nw = cfg->workers != 0 ? cfg->workers :
 	    (unsigned)uv_available_parallelism();
 	if (m->nw == 0)
@@ -863,6 +873,7 @@ out:
 	free(m.slot_names);
 	free(m.slot_nconns);
 	free(m.exe);
+	free(m.run_user);
 	if (m.ready_fd >= 0)
 		close(m.ready_fd);
 	return (rc);

@@ -275,8 +275,15 @@ class TestReload(OperationsCase):
             f.write(render_config(self.conf(self.b, workers=3)))
         d.signal(signal.SIGHUP)
         d.wait_log(r"event=config_reload .*result=ok")
-        self.assertRegex(d.log, r"workers changed: a restart is needed")
+        self.assertRegex(d.log, r"workers changed: a restart is needed; "
+                         r"keeping the 2 running worker")
         self.assertEqual(greeting(self.port), GREET_B)
+        # Reloading the same file again still says so: the process runs
+        # what it started with, not what the last file said.
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: count_lines(d, r"event=config_reload .*result=ok")
+                 == 2, 10 * SLOW, what="second reload")
+        self.assertEqual(count_lines(d, r"workers changed"), 2)
         self.assertEqual(d.stop(), 0)
 
 
