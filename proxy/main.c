@@ -225,14 +225,6 @@ start_metrics(struct mainctx *m)
 	const struct config *cfg = m->set->cfg;
 	char err[256];
 
-	m->msrc.metrics = m->metrics;
-	m->msrc.names = (const char * const *)m->slot_names;
-	m->msrc.nlisteners = m->nslots;
-	m->msrc.reloader = m->reloader;
-	m->msrc.version = MAILTLSD_VERSION;
-	m->msrc.gnutls = gnutls_check_version(NULL);
-	m->msrc.libuv = uv_version_string();
-	m->msrc.config_reloads = m->config_reloads;
 	if ((m->mhttp = metrics_http_start(m->loop, &cfg->metrics, &m->msrc,
 	    err, sizeof(err))) == NULL) {
 		log_err("start", "metrics = %s: %s", cfg->metrics.text, err);
@@ -300,7 +292,8 @@ same_str(const char *a, const char *b)
  */
 static struct listener_set *
 reload_prepare(struct mainctx *m, FILE *errf, struct ticket **tp,
-    struct worker_bind ***bindsp, size_t **nbindsp)
+    struct worker_bind ***bindsp, size_t **nbindsp,
+    struct metrics_http **mhttpp)
 {
 	const struct config *old = m->set->cfg;
 	struct config *cfg;
@@ -308,8 +301,10 @@ reload_prepare(struct mainctx *m, FILE *errf, struct ticket **tp,
 	struct ticket *t = m->ticket;
 	struct worker_bind **binds = NULL;
 	size_t *nbinds = NULL, n0 = m->nslots;
+	char err[256];
 	unsigned i;
 
+	*mhttpp = NULL;
 	if ((cfg = config_load(m->path, errf)) == NULL)
 		return (NULL);
 	/* A new key file is a new key; the same one is re-read below. */
@@ -330,6 +325,15 @@ reload_prepare(struct mainctx *m, FILE *errf, struct ticket **tp,
 			fprintf(errf, "%s: out of memory\n", m->path);
 			goto err4;
 		}
+	/* A new /metrics address is bound now too, beside the old one. */
+	if (cfg->has_metrics && (m->mhttp == NULL ||
+	    strcmp(cfg->metrics.text, old->metrics.text) != 0) &&
+	    (*mhttpp = metrics_http_start(m->loop, &cfg->metrics, &m->msrc,
+	    err, sizeof(err))) == NULL) {
+		fprintf(errf, "%s: metrics = %s: %s\n", m->path,
+		    cfg->metrics.text, err);
+		goto err4;
+	}
 	*tp = t;
 	*bindsp = binds;
 	*nbindsp = nbinds;
@@ -383,6 +387,7 @@ reload_config(struct mainctx *m)
 {
 	struct listener_set *set, *old = m->set;
 	struct worker_bind **binds = NULL;
+	struct metrics_http *mhttp;
 	struct reloader *r;
 	struct ticket *t = NULL;
 	size_t *nbinds = NULL, nerr, nclosed, nadded = 0, i;
@@ -401,7 +406,7 @@ reload_config(struct mainctx *m)
 		(void)sdnotify("READY=1");
 		return;
 	}
-	set = reload_prepare(m, errf, &t, &binds, &nbinds);
+	set = reload_prepare(m, errf, &t, &binds, &nbinds, &mhttp);
 	fclose(errf);
 	if (set == NULL) {
 		nerr = log_lines(CONFIG_LOG_ERROR, "config_reload", text);
@@ -459,13 +464,10 @@ reload_config(struct mainctx *m)
 	 * as before, and re-reads a ticket key file that did not move. */
 	if (r != NULL)
 		reloader_reload(r, "SIGHUP");
-	if (m->mhttp != NULL && (!set->cfg->has_metrics ||
-	    strcmp(set->cfg->metrics.text, old->cfg->metrics.text) != 0)) {
+	if (mhttp != NULL || !set->cfg->has_metrics) {
 		metrics_http_stop(m->mhttp);
-		m->mhttp = NULL;
+		m->mhttp = mhttp;
 	}
-	if (m->mhttp == NULL && set->cfg->has_metrics)
-		(void)start_metrics(m);
 	listener_set_unref(old);
 	log_listeners(set);
 	m->config_reloads[0]++;
@@ -754,6 +756,14 @@ run(struct mainctx *m)
 		log_err("start", "cannot start the certificate reloader");
 		exit(EXIT_STARTUP);
 	}
+	/* What /metrics shows; a reload may start the endpoint later. */
+	m->msrc.metrics = m->metrics;
+	m->msrc.names = (const char * const *)m->slot_names;
+	m->msrc.nlisteners = m->nslots;
+	m->msrc.reloader = m->reloader;
+	m->msrc.version = MAILTLSD_VERSION;
+	m->msrc.gnutls = gnutls_check_version(NULL);
+	m->msrc.libuv = uv_version_string();
 	m->msrc.config_reloads = m->config_reloads;
 	if (cfg->has_metrics && start_metrics(m) < 0)
 		exit(EXIT_STARTUP);

@@ -265,6 +265,41 @@ class TestReload(OperationsCase):
                       err, m)
         self.assertEqual(d.stop(), 0)
 
+    def test_metrics_address_moves(self):
+        """A new metrics address is bound before anything changes: one
+        held by somebody else fails the reload and the old endpoint keeps
+        answering; a free one takes over from the old."""
+        m1, m2 = free_port(), free_port()
+        held = socket.socket()
+        self.addCleanup(held.close)
+        held.bind((LOOPBACK, 0))
+        held.listen(1)
+        d = Mailtlsd(self.conf(self.a, metrics="%s:%d" % (LOOPBACK, m1)),
+                     tc=self, name="metricsmove")
+        d.start()
+        for port, result in ((held.getsockname()[1], "error"), (m2, "ok")):
+            with open(d.path, "w") as f:
+                f.write(render_config(self.conf(
+                    self.b, metrics="%s:%d" % (LOOPBACK, port))))
+            n = count_lines(d, r"event=config_reload .*result=")
+            d.signal(signal.SIGHUP)
+            wait_for(lambda: count_lines(
+                d, r"event=config_reload .*result=") > n, 10 * SLOW,
+                what="reload logged")
+            self.assertEqual(re.findall(
+                r"event=config_reload .*result=(\w+)", d.log)[-1], result)
+            # The endpoint in use answers either way.
+            self.assertIn("mailtlsd_config_reloads_total", metrics_text(
+                m1 if result == "error" else m2))
+        self.assertRegex(d.log, r"metrics = 127\.0\.0\.1:%d: " %
+                         held.getsockname()[1])
+        m = metrics_text(m2)
+        self.assertIn('mailtlsd_config_reloads_total{result="ok"} 1', m)
+        self.assertIn('mailtlsd_config_reloads_total{result="error"} 1', m)
+        self.assertIn('mailtlsd_connections_total{listener="stable"}', m)
+        mtd.wait_port_closed(m1, timeout=10 * SLOW)
+        self.assertEqual(d.stop(), 0)
+
     def test_user_and_workers_need_a_restart(self):
         """workers (and user) cannot change in a running process: the
         reload says a restart is needed, keeps them, and applies the
