@@ -38,6 +38,13 @@
  */
 #define SLOTS_SPARE	64
 
+/*
+ * How long a new process started by SIGUSR2 has to report that it serves
+ * (reading certificates, resolving nothing: seconds at most); after that it
+ * is ended and the old process goes on alone.
+ */
+#define UPGRADE_TIMEOUT_MS	60000
+
 struct mainctx {
 	const char	 *path;		/* of the configuration file */
 	char		**argv;		/* as started, for an upgrade */
@@ -69,6 +76,7 @@ struct mainctx {
 	int		  up_fd;	/* its readiness pipe; -1: none */
 	uv_poll_t	  up_poll;
 	int		  up_polling;
+	uv_timer_t	  up_timer;
 	char		  up_buf[16];
 	size_t		  up_len;
 	int		  ready_fd;	/* ours, when we are the new process */
@@ -212,6 +220,7 @@ all_done_check(uv_async_t *as)
 		uv_close((uv_handle_t *)&m->up_poll, close_cb);
 		m->up_polling = 0;
 	}
+	uv_close((uv_handle_t *)&m->up_timer, close_cb);
 	metrics_http_stop(m->mhttp);
 	m->mhttp = NULL;
 	reloader_free(m->reloader);
@@ -488,6 +497,7 @@ upgrade_end(struct mainctx *m)
 		uv_close((uv_handle_t *)&m->up_poll, close_cb);
 		m->up_polling = 0;
 	}
+	uv_timer_stop(&m->up_timer);
 	if (m->up_fd >= 0)
 		close(m->up_fd);
 	m->up_fd = -1;
@@ -542,6 +552,16 @@ upgrade_read_cb(uv_poll_t *p, int status, int events)
 	    "(its log says why)");
 }
 
+static void
+upgrade_timeout_cb(uv_timer_t *t)
+{
+	struct mainctx *m = t->data;
+
+	(void)kill(m->up_pid, SIGTERM);
+	upgrade_failed(m, "the new process did not report ready in time; "
+	    "sent it SIGTERM");
+}
+
 /*
  * SIGUSR2: start our binary again with the listening sockets; once it says
  * it serves, drain as on SIGTERM.  Until then both accept.
@@ -590,6 +610,7 @@ upgrade(struct mainctx *m)
 	}
 	m->up_poll.data = m;
 	m->up_polling = 1;
+	uv_timer_start(&m->up_timer, upgrade_timeout_cb, UPGRADE_TIMEOUT_MS, 0);
 	uv_poll_start(&m->up_poll, UV_READABLE | UV_DISCONNECT,
 	    upgrade_read_cb);
 }
@@ -717,6 +738,8 @@ run(struct mainctx *m)
 	start_signal(m, &m->sigchld, SIGCHLD);
 	uv_async_init(m->loop, &m->done_async, all_done_check);
 	m->done_async.data = m;
+	uv_timer_init(m->loop, &m->up_timer);
+	m->up_timer.data = m;
 
 	m->run_workers = cfg->workers;
 	if (cfg->user != NULL && (m->run_user = strdup(cfg->user)) == NULL)
