@@ -43,7 +43,7 @@ struct listener {
 
 struct listener_set {
 	atomic_uint		 refs;
-	uint64_t		 gen;		/* unique per set in the process */
+	uint64_t		 gen;		/* unique in the process */
 	struct config		*cfg;		/* owned */
 	struct listener		*ls;		/* cfg->nlisteners of them */
 	size_t			 n;

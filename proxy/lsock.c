@@ -126,8 +126,8 @@ lsock_inherit(struct lsock_table *t)
 			np = np[len] == ':' ? np + len + 1 : NULL;
 		}
 		if (sock_addr(fd, &in->addr) < 0) {
-			log_warn("start", "LISTEN_FDS: descriptor %d (%s) is not "
-			    "a listening stream socket; closing it", fd,
+			log_warn("start", "LISTEN_FDS: descriptor %d (%s) is "
+			    "not a listening stream socket; closing it", fd,
 			    in->name);
 			close(fd);
 			free(in);
@@ -280,7 +280,8 @@ new_sock(struct lsock_table *t, const struct listener *l, const char *path,
 nomem:
 	snprintf(err, sizeof(err), "out of memory or descriptors");
 bad:
-	fprintf(errf, "%s:%d: listener %s: %s\n", path, lc->line, lc->name, err);
+	fprintf(errf, "%s:%d: listener %s: %s\n", path, lc->line, lc->name,
+	    err);
 	if (s != NULL) {
 		/* lsock_plan's lsock_abort closes it or gives it back. */
 		s->next = t->socks;

@@ -419,7 +419,8 @@ reload_config(struct mainctx *m)
 	fclose(errf);
 	if (set == NULL) {
 		nerr = log_lines(CONFIG_LOG_ERROR, "config_reload", text);
-		log_fields(CONFIG_LOG_ERROR, "config_reload", (struct log_field[]){
+		log_fields(CONFIG_LOG_ERROR, "config_reload",
+		    (struct log_field[]){
 		    LOG_STR("result", "error"),
 		    LOG_NUM("errors", nerr),
 		    LOG_STR("action", "keeping the running configuration") },

@@ -29,7 +29,7 @@ struct worker_accept {
 	uv_poll_t		 poll;
 	int			 polling;
 	int			 open;
-	int			 starved;	/* paused for lack of descriptors */
+	int			 starved;	/* paused: out of descriptors */
 };
 
 /* A new set of listeners for the worker, from worker_rebind. */
