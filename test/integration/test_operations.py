@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -86,6 +87,15 @@ class ConnectLoop:
         self._thread.join(60 * SLOW)
 
 
+def leaf_der(pair):
+    """The DER of the first certificate in pair.cert."""
+    with open(pair.cert) as f:
+        pem = f.read()
+    m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                  pem, re.S)
+    return ssl.PEM_cert_to_DER_cert(m.group(0))
+
+
 def greeting(port):
     with TlsConn(port) as c:
         return c.recv_until(b"\n")
@@ -146,8 +156,9 @@ class OperationsCase(unittest.TestCase):
         for c in self.sessions:
             c.close()
 
-    def conf(self, backend, extra_port=None, **glob):
-        ls = {"stable": listener_conf("none", backend.addr, self.port)}
+    def conf(self, backend, extra_port=None, certs=None, **glob):
+        ls = {"stable": listener_conf("none", backend.addr, self.port,
+                                      certs=certs)}
         if extra_port is not None:
             ls["extra"] = listener_conf("none", self.b.addr, extra_port)
         g = {"workers": 2}
@@ -164,8 +175,8 @@ class TestReload(OperationsCase):
 
     def test_20_reloads_refuse_nothing(self):
         """20 SIGHUPs cycling through a backend change, a listener added,
-        the listener removed, a bad file, and a file whose new address is
-        held by another socket: the loop sees no refused or failed
+        the listener removed, a bad file, a file whose new address is held
+        by another socket, and a new certificate: the loop sees no refused or failed
         connection, every open session completes a command after each
         reload, new sessions get the new settings (or the old ones after an
         error), and /metrics counts the reloads by result."""
@@ -180,6 +191,9 @@ class TestReload(OperationsCase):
         metrics = "%s:%d" % (LOOPBACK, mport)
         busy = self.conf(self.a, extra, metrics=metrics)
         busy["busy"] = listener_conf("none", self.a.addr, busy_port)
+        # "back" also gives the listener another certificate.
+        first = mtd.certs().server_ecdsa
+        other = mtd.certs().issue("ops-other")
         d = Mailtlsd(self.conf(self.a, metrics=metrics), tc=self,
                      name="reload20")
         d.start()
@@ -189,8 +203,10 @@ class TestReload(OperationsCase):
             ("remove", self.conf(self.b, metrics=metrics)),
             ("bad", None),
             ("busy", busy),
-            ("back", self.conf(self.a, metrics=metrics)),
+            ("back", self.conf(self.a, metrics=metrics, certs=[other])),
         ]
+        leaf = {p: leaf_der(p) for p in (first, other)}
+        serving = first
         expect = GREET_A
         ok = err = 0
         with ConnectLoop(self.port) as loop:
@@ -199,6 +215,7 @@ class TestReload(OperationsCase):
                 what, cfg = steps[i % len(steps)]
                 old, old_greet = self.session()
                 self.assertEqual(old_greet, expect)
+                self.assertEqual(old.peer_cert_der(), leaf[serving])
                 if cfg is None:
                     # A bad address and an unknown key: two FILE:LINE
                     # errors.
@@ -238,6 +255,7 @@ class TestReload(OperationsCase):
                     self.assertEqual(last, "ok")
                     expect = {"backend": GREET_B, "add": GREET_A,
                               "remove": GREET_B, "back": GREET_A}[what]
+                    serving = other if what == "back" else first
                 # The session opened before finishes under its settings.
                 session_command(self, old, b"NOOP %d" % i)
                 old.close()
@@ -245,6 +263,10 @@ class TestReload(OperationsCase):
                 # error).
                 self.assertEqual(greeting(self.port), expect,
                                  "after reload %d (%s)" % (i, what))
+                with TlsConn(self.port) as c:
+                    self.assertEqual(c.peer_cert_der(), leaf[serving],
+                                     "certificate after reload %d (%s)" %
+                                     (i, what))
                 if what == "add":
                     self.assertEqual(greeting(extra), GREET_B)
                     self.extra_session = self.session(extra)[0]
