@@ -584,6 +584,15 @@ upgrade(struct mainctx *m)
 		    "known; still serving");
 		return;
 	}
+	/*
+	 * Process 1 of a container: the container, and the new process with
+	 * it, would end when this one has drained.
+	 */
+	if (getpid() == 1) {
+		log_err("upgrade", "SIGUSR2 ignored: this is process 1 (a "
+		    "container ends with it); replace the container instead");
+		return;
+	}
 	if ((n = lsock_export(m->socks, &fds, &names)) < 0) {
 		log_err("upgrade", "SIGUSR2: out of memory; still serving");
 		return;
