@@ -477,6 +477,34 @@ class TestUpgrade(OperationsCase):
         self.assertEqual(loop.failures, [], d.log[-4000:])
 
 
+class TestUpgradeAsProcessOne(OperationsCase):
+
+    def test_process_one_refuses_sigusr2(self):
+        """As process 1 (a container's), SIGUSR2 is refused with a log
+        line and the process goes on serving: the container would end
+        with the old process."""
+        unshare = shutil.which("unshare")
+        self.assertIsNotNone(unshare, "unshare is missing (util-linux)")
+        # CI runs the tests as root; a PID namespace needs it.
+        self.assertEqual(os.geteuid(), 0, "this test must run as root "
+                         "(it makes a PID namespace)")
+        d = Mailtlsd(self.conf(self.a), tc=self, name="pid1")
+        d.bin = unshare
+        d.spawn(["--pid", "--fork", "--kill-child", mtd.mailtlsd_bin(),
+                 "-c", d.path])
+        mtd.wait_port(self.port, LOOPBACK, 10 * SLOW, d.proc)
+        d.wait_log(r"event=ready .*pid 1\b")
+        # unshare's child is mailtlsd, process 1 in its namespace.
+        with open("/proc/%d/task/%d/children" % (d.pid, d.pid)) as f:
+            inner = int(f.read().split()[0])
+        os.kill(inner, signal.SIGUSR2)
+        d.wait_log(r"SIGUSR2 ignored: this is process 1")
+        self.assertEqual(greeting(self.port), GREET_A)
+        self.assertNotRegex(d.log, r"event=upgrade .*started")
+        os.kill(inner, signal.SIGTERM)
+        self.assertEqual(d.wait(), 0)
+
+
 class TestSocketActivation(OperationsCase):
 
     def test_systemd_socket_activate(self):
