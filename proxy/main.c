@@ -427,6 +427,13 @@ reload_config(struct mainctx *m)
 		    3);
 		free(text);
 		m->config_reloads[1]++;
+		/*
+		 * The running listeners still get their renewed certificates,
+		 * each on its own, as the reloader does without a signal: a
+		 * typo in the file must not hold up a renewal.
+		 */
+		if (m->reloader != NULL)
+			reloader_reload(m->reloader, "SIGHUP");
 		(void)sdnotify("READY=1");
 		return;
 	}
