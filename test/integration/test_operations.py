@@ -228,10 +228,17 @@ class TestReload(OperationsCase):
                     f.write(text)
                 os.replace(d.path + ".tmp", d.path)
                 n = count_lines(d, r"event=config_reload .*result=")
+                nc = count_lines(d, r"event=reload .*trigger=SIGHUP "
+                                 r".*result=ok")
                 d.signal(signal.SIGHUP)
                 wait_for(lambda: count_lines(
                     d, r"event=config_reload .*result=") > n, 10 * SLOW,
                     what="reload %d (%s) logged" % (i, what))
+                # Certificates are reloaded on every SIGHUP, even when the
+                # file has an error.
+                wait_for(lambda: count_lines(
+                    d, r"event=reload .*trigger=SIGHUP .*result=ok") > nc,
+                    10 * SLOW, what="certificates reloaded (%d)" % i)
                 last = re.findall(r"event=config_reload .*result=(\w+)",
                                   d.log)[-1]
                 if what == "bad":
