@@ -14,6 +14,7 @@
 #include <gnutls/gnutls.h>
 #include <uv.h>
 
+#include "capacity.h"
 #include "certs.h"
 #include "config.h"
 #include "listener.h"
@@ -366,6 +367,7 @@ main(int argc, char *argv[])
 	log_setup(m.cfg->log_level, m.cfg->log_format);
 	if (m.cfg->user != NULL && (pw = getpwnam(m.cfg->user)) != NULL)
 		certs_key_group(pw->pw_gid);
+	(void)capacity_setup(m.cfg);
 	if ((m.ticket = ticket_new(m.cfg, stderr)) == NULL) {
 		rc = check ? EXIT_CONFIG : EXIT_STARTUP;
 		goto out;
