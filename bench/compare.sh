@@ -39,9 +39,11 @@
 #                         [-w WORKERS] [-p "PROXIES"] [-s "SCENARIOS"]
 #                         [-o RESULTS_FILE] [-q]
 #   -s  scenarios (default: all); "opaque" and "mail" name the two groups
-#   -q  quick: one repetition of half a second each, 50 idle connections (the
-#       CI smoke test); the numbers mean nothing then, but every mail session
-#       in flight when the window closes still runs to its end and is checked.
+#   -q  quick: one repetition of half a second each, 50 idle connections,
+#       messages of 200 kB and 1 MB for "1m" and "10m" (the CI smoke test,
+#       under sanitizers too); the numbers mean nothing then, but every mail
+#       session in flight when the window closes runs to its end and is
+#       checked.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -58,6 +60,8 @@ pop3-1m pop3-10m setup-implicit setup-stls idle-smtp idle-stls idle-btls"
 scenarios="$opaque_scenarios $mail_scenarios"
 results=""
 base_port=${BENCH_PORT:-24400}
+msg1m=1000000
+msg10m=10000000
 
 while getopts "b:r:d:n:w:p:s:o:qh" opt; do
 	case $opt in
@@ -69,7 +73,7 @@ while getopts "b:r:d:n:w:p:s:o:qh" opt; do
 	p) proxies=$OPTARG ;;
 	s) scenarios=$OPTARG ;;
 	o) results=$OPTARG ;;
-	q) reps=1 dur=0.5 warm=0.2 idle_n=50 ;;
+	q) reps=1 dur=0.5 warm=0.2 idle_n=50 msg1m=200000 msg10m=1000000 ;;
 	*) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 2 ;;
 	esac
 done
@@ -221,13 +225,13 @@ scen_args() {
 	esac
 	case $s in
 	idle) echo -m idle -n "$idle_n" -H 1 ;;
-	smtp-1m | stls-1m) echo -m session -x smtp $tls -M 1000000 -c 2 ;;
-	smtp-10m | stls-10m) echo -m session -x smtp $tls -M 10000000 -c 2 ;;
-	imap-1m) echo -m session -x imap -M 1000000 -c 2 ;;
-	imap-10m) echo -m session -x imap -M 10000000 -c 2 ;;
+	smtp-1m | stls-1m) echo -m session -x smtp $tls -M $msg1m -c 2 ;;
+	smtp-10m | stls-10m) echo -m session -x smtp $tls -M $msg10m -c 2 ;;
+	imap-1m) echo -m session -x imap -M $msg1m -c 2 ;;
+	imap-10m) echo -m session -x imap -M $msg10m -c 2 ;;
 	imap-search) echo -m search -x imap -M 100000 -c 2 ;;
-	pop3-1m) echo -m session -x pop3 -M 1000000 -c 2 ;;
-	pop3-10m) echo -m session -x pop3 -M 10000000 -c 2 ;;
+	pop3-1m) echo -m session -x pop3 -M $msg1m -c 2 ;;
+	pop3-10m) echo -m session -x pop3 -M $msg10m -c 2 ;;
 	setup-*) echo -m session -x smtp $tls -M 0 -c 16 ;;
 	idle-*) echo -m idle -x smtp $tls -n "$idle_n" -H 1 ;;
 	*) echo -m "$s" ;;
@@ -448,7 +452,7 @@ for p in "${have[@]}"; do
 	esac
 done
 echo "workers: $workers; placement: ${pin_proxy:-none} (proxy), ${pin_load:-none} (load)"
-echo "runs: $reps repetition(s), ${dur}s each after ${warm}s warm-up; idle: $idle_n connections"
+echo "runs: $reps repetition(s), ${dur}s each after ${warm}s warm-up; idle: $idle_n connections; messages: $msg1m and $msg10m octets"
 
 $pin_load "$backend" "127.0.0.1:$bport" >"$work/backend.out" 2>&1 &
 backend_pid=$!
