@@ -10,6 +10,16 @@
  *   idle      open -n connections (each echoes one byte), hold them, read
  *             the proxy's RSS, check every one is still alive, close
  *   pingpong  one message at a time through the echo; latency percentiles
+ *   session   mail sessions (-x): SMTP submits a message of -M octets, IMAP
+ *             FETCHes one, POP3 RETRs one (-M 0: log in and out only);
+ *             every octet is checked against the message both ends make
+ *             (mailmsg.h), and any error fails the run
+ *   search    IMAP sessions whose SEARCH reply is a line of -M octets
+ *
+ * With -x smtp|imap|pop3 the backend is bench/backend -P PROTO and the
+ * sessions speak the protocol: implicit TLS, or with -T plaintext first and
+ * STARTTLS (STLS) before anything else.  idle then holds sessions that have
+ * logged in (SMTP: after EHLO) and checks them with a NOOP.
  *
  * With -p PID the proxy's CPU time (utime + stime of PID and its
  * descendants, from /proc/PID/stat) over the measurement window is reported
@@ -39,17 +49,25 @@
 
 #include <gnutls/gnutls.h>
 
+#include "mailmsg.h"
+
 #define DEFAULT_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:" \
 	"+AES-128-GCM:-GROUP-ALL:+GROUP-X25519"
 #define CHUNK		(16 * 1024)	/* plaintext per record sent */
 #define MAX_SAMPLES	(1 << 20)
 #define MAX_MSG		(64 * 1024)
 
-enum mode { M_FULL, M_RESUMED, M_UPLOAD, M_DOWNLOAD, M_IDLE, M_PINGPONG };
+enum mode { M_FULL, M_RESUMED, M_UPLOAD, M_DOWNLOAD, M_IDLE, M_PINGPONG,
+	M_SESSION, M_SEARCH, M_NMODES };
 
 static const char *const mode_names[] = {
 	"full", "resumed", "upload", "download", "idle", "pingpong",
+	"session", "search",
 };
+
+enum xproto { X_NONE, X_SMTP, X_IMAP, X_POP3 };
+
+static const char *const proto_names[] = { "none", "smtp", "imap", "pop3" };
 
 enum st {
 	ST_FREE,
@@ -59,6 +77,7 @@ enum st {
 	ST_ECHO,	/* waiting for the echo of what was sent */
 	ST_STREAM,	/* upload or download */
 	ST_HELD,	/* idle: established, held */
+	ST_MAIL,	/* a mail session's script */
 };
 
 struct lc {
@@ -72,6 +91,12 @@ struct lc {
 	size_t			 got;
 	uint64_t		 t0;		/* ns: operation start */
 	int			 established;	/* idle: counted */
+	/* Mail sessions. */
+	int			 step;		/* in script[] */
+	int			 tls_up;	/* plaintext before STARTTLS */
+	int			 seen;		/* what the step looks for */
+	char			*line;		/* a reply line being read */
+	size_t			 llen, lcap;
 };
 
 static struct {
@@ -87,6 +112,9 @@ static struct {
 	pid_t			 pid;
 	const char		*priority;
 	const char		*sni;
+	enum xproto		 proto;
+	int			 starttls;
+	size_t			 mailsize;
 } opt = {
 	.mode = M_FULL,
 	.conc = 16,
@@ -112,9 +140,12 @@ static unsigned char payload[CHUNK];
 /* What the run counts. */
 static int in_window, stopping;
 static uint64_t ops, errors, not_resumed, bytes, nestablished, nalive;
+static uint64_t verified;		/* mail sessions done and checked */
 static uint64_t *samples;
 static size_t nsamples;
 static char first_error[256];
+static uint64_t warm_errors;		/* mail: errors in the warm-up */
+static char warm_error[256];
 
 static uint64_t
 now_ns(void)
@@ -245,6 +276,9 @@ lc_close(struct lc *c)
 		gnutls_deinit(c->s);
 		c->s = NULL;
 	}
+	free(c->line);
+	c->line = NULL;
+	c->llen = c->lcap = 0;
 	close(c->fd);
 	c->fd = -1;
 	c->st = ST_FREE;
@@ -373,6 +407,509 @@ echo_done(struct lc *c)
 	}
 }
 
+/*
+ * Mail sessions (-x smtp|imap|pop3): each connection walks a script of
+ * steps, the same for every connection, built once from the options.  A
+ * step sends a command (or the message), expects the reply (or the
+ * message, checked octet for octet against mailmsg.h), starts TLS, holds
+ * the connection (idle) or ends the session.
+ */
+enum mkind {
+	K_SEND,		/* text */
+	K_BODY,		/* the message and ".\r\n" (SMTP DATA) */
+	K_TLS,		/* handshake (first step, or after STARTTLS) */
+	K_SMTP,		/* a reply of class text[0] ('2', '3') */
+	K_SMTP_STLS,	/* a 2xx EHLO reply that offers STARTTLS */
+	K_IMAP_GREET,	/* "* OK" */
+	K_IMAP_TAG,	/* lines up to "TAG OK"; check what came before */
+	K_POP_OK,	/* "+OK" */
+	K_POP_RETR,	/* "+OK", the message, "." */
+	K_HOLD,		/* idle: held here, NOOP after the hold */
+	K_END,		/* session done: close */
+};
+
+enum mcheck { C_NONE, C_FETCH, C_SEARCH };
+
+struct mstep {
+	enum mkind	 kind;
+	char		 text[64];	/* to send, a tag, or a reply class */
+	enum mcheck	 check;
+};
+
+#define MAX_STEPS	32
+#define MAX_LINE	(4 << 20)	/* a reply line we are willing to hold */
+
+static struct mstep script[MAX_STEPS];
+static int nscript;
+static unsigned char *mailmsg;		/* the message, then ".\r\n" */
+
+static void
+script_add(enum mkind kind, const char *text, enum mcheck check)
+{
+
+	if (nscript == MAX_STEPS)
+		abort();
+	script[nscript].kind = kind;
+	snprintf(script[nscript].text, sizeof(script[nscript].text), "%s",
+	    text != NULL ? text : "");
+	script[nscript].check = check;
+	nscript++;
+}
+
+/* The session the options describe (see the usage). */
+static void
+script_build(void)
+{
+	char t[64];
+	int tls = opt.starttls, idle = opt.mode == M_IDLE;
+	size_t m = opt.mailsize;
+
+	if (!tls)
+		script_add(K_TLS, NULL, C_NONE);
+	switch (opt.proto) {
+	case X_SMTP:
+		script_add(K_SMTP, "2", C_NONE);
+		script_add(K_SEND, "EHLO loadgen.bench.test\r\n", C_NONE);
+		if (tls) {
+			script_add(K_SMTP_STLS, "2", C_NONE);
+			script_add(K_SEND, "STARTTLS\r\n", C_NONE);
+			script_add(K_SMTP, "2", C_NONE);
+			script_add(K_TLS, NULL, C_NONE);
+			script_add(K_SEND, "EHLO loadgen.bench.test\r\n",
+			    C_NONE);
+		}
+		script_add(K_SMTP, "2", C_NONE);
+		if (m > 0 && !idle) {
+			snprintf(t, sizeof(t), "MAIL FROM:<sender@bench.test> "
+			    "SIZE=%zu\r\n", m);
+			script_add(K_SEND, t, C_NONE);
+			script_add(K_SMTP, "2", C_NONE);
+			script_add(K_SEND, "RCPT TO:<rcpt@bench.test>\r\n",
+			    C_NONE);
+			script_add(K_SMTP, "2", C_NONE);
+			script_add(K_SEND, "DATA\r\n", C_NONE);
+			script_add(K_SMTP, "3", C_NONE);
+			script_add(K_BODY, NULL, C_NONE);
+			script_add(K_SMTP, "2", C_NONE);
+		}
+		if (idle) {
+			script_add(K_HOLD, NULL, C_NONE);
+			script_add(K_SEND, "NOOP\r\n", C_NONE);
+			script_add(K_SMTP, "2", C_NONE);
+		}
+		script_add(K_SEND, "QUIT\r\n", C_NONE);
+		script_add(K_SMTP, "2", C_NONE);
+		break;
+	case X_IMAP:
+		script_add(K_IMAP_GREET, NULL, C_NONE);
+		if (tls) {
+			script_add(K_SEND, "a0 STARTTLS\r\n", C_NONE);
+			script_add(K_IMAP_TAG, "a0", C_NONE);
+			script_add(K_TLS, NULL, C_NONE);
+		}
+		snprintf(t, sizeof(t), "a1 LOGIN %c%zu secret\r\n",
+		    opt.mode == M_SEARCH ? 's' : 'm', m);
+		script_add(K_SEND, t, C_NONE);
+		script_add(K_IMAP_TAG, "a1", C_NONE);
+		script_add(K_SEND, "a2 SELECT INBOX\r\n", C_NONE);
+		script_add(K_IMAP_TAG, "a2", C_NONE);
+		if (opt.mode == M_SEARCH) {
+			script_add(K_SEND, "a3 SEARCH ALL\r\n", C_NONE);
+			script_add(K_IMAP_TAG, "a3", C_SEARCH);
+		} else if (m > 0 && !idle) {
+			script_add(K_SEND, "a3 FETCH 1 BODY[]\r\n", C_NONE);
+			script_add(K_IMAP_TAG, "a3", C_FETCH);
+		}
+		if (idle) {
+			script_add(K_HOLD, NULL, C_NONE);
+			script_add(K_SEND, "a5 NOOP\r\n", C_NONE);
+			script_add(K_IMAP_TAG, "a5", C_NONE);
+		}
+		script_add(K_SEND, "a4 LOGOUT\r\n", C_NONE);
+		script_add(K_IMAP_TAG, "a4", C_NONE);
+		break;
+	default:
+		script_add(K_POP_OK, NULL, C_NONE);
+		if (tls) {
+			script_add(K_SEND, "STLS\r\n", C_NONE);
+			script_add(K_POP_OK, NULL, C_NONE);
+			script_add(K_TLS, NULL, C_NONE);
+		}
+		snprintf(t, sizeof(t), "USER m%zu\r\n", m);
+		script_add(K_SEND, t, C_NONE);
+		script_add(K_POP_OK, NULL, C_NONE);
+		script_add(K_SEND, "PASS secret\r\n", C_NONE);
+		script_add(K_POP_OK, NULL, C_NONE);
+		if (m > 0 && !idle) {
+			script_add(K_SEND, "RETR 1\r\n", C_NONE);
+			script_add(K_POP_RETR, NULL, C_NONE);
+		}
+		if (idle) {
+			script_add(K_HOLD, NULL, C_NONE);
+			script_add(K_SEND, "NOOP\r\n", C_NONE);
+			script_add(K_POP_OK, NULL, C_NONE);
+		}
+		script_add(K_SEND, "QUIT\r\n", C_NONE);
+		script_add(K_POP_OK, NULL, C_NONE);
+		break;
+	}
+	script_add(K_END, NULL, C_NONE);
+}
+
+/* What the connection was waiting for, for error messages. */
+static const char *
+mail_where(const struct lc *c)
+{
+	int i;
+
+	for (i = c->step; i >= 0; i--)
+		if (script[i].kind == K_SEND)
+			return (script[i].text);
+	return ("the greeting");
+}
+
+static void
+mail_fail(struct lc *c, const char *why, const char *line, size_t len)
+{
+	char what[160], where[64];
+	size_t n;
+
+	snprintf(where, sizeof(where), "%s", mail_where(c));
+	n = strcspn(where, "\r\n");
+	where[n] = '\0';
+	if (line != NULL) {
+		n = strcspn(line, "\r\n");
+		snprintf(what, sizeof(what), "after \"%s\": %s: \"%.*s\"", where,
+		    why, (int)(n < len ? (n > 80 ? 80 : n) : 0), line);
+	} else
+		snprintf(what, sizeof(what), "after \"%s\": %s", where, why);
+	fail(c, opt.proto == X_SMTP ? "smtp" : opt.proto == X_IMAP ? "imap" :
+	    "pop3", what);
+}
+
+/* Send on the connection as it is now (TLS or not): >0, 0 (wait), -1. */
+static ssize_t
+io_send(struct lc *c, const void *p, size_t len)
+{
+	ssize_t n;
+
+	if (c->tls_up) {
+		n = gnutls_record_send(c->s, p, len);
+		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
+			want_tls(c);
+			return (0);
+		}
+		if (n < 0) {
+			mail_fail(c, gnutls_strerror((int)n), NULL, 0);
+			return (-1);
+		}
+		return (n);
+	}
+	n = send(c->fd, p, len, MSG_NOSIGNAL);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+		set_events(c, EPOLLOUT);
+		return (0);
+	}
+	if (n <= 0) {
+		mail_fail(c, strerror(errno), NULL, 0);
+		return (-1);
+	}
+	return (n);
+}
+
+static ssize_t
+io_recv(struct lc *c, void *p, size_t len)
+{
+	ssize_t n;
+
+	if (c->tls_up) {
+		n = gnutls_record_recv(c->s, p, len);
+		if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
+			want_tls(c);
+			return (0);
+		}
+		if (n <= 0) {
+			mail_fail(c, n == 0 ? "closed by the proxy" :
+			    gnutls_strerror((int)n), NULL, 0);
+			return (-1);
+		}
+		return (n);
+	}
+	n = recv(c->fd, p, len, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+		set_events(c, EPOLLIN);
+		return (0);
+	}
+	if (n <= 0) {
+		mail_fail(c, n == 0 ? "closed by the proxy" : strerror(errno),
+		    NULL, 0);
+		return (-1);
+	}
+	return (n);
+}
+
+/* Does the IMAP line end in a literal "{N}"?  Its size, or -1. */
+static long long
+imap_literal(const char *l, size_t len)
+{
+	const char *p;
+
+	while (len > 0 && (l[len - 1] == '\n' || l[len - 1] == '\r'))
+		len--;
+	if (len < 3 || l[len - 1] != '}')
+		return (-1);
+	for (p = l + len - 2; p > l && isdigit((unsigned char)*p); p--)
+		;
+	if (*p != '{' || p == l + len - 2)
+		return (-1);
+	return (strtoll(p + 1, NULL, 10));
+}
+
+/* One whole reply line: -1 failed, 0 more to come, 1 the step is done. */
+static int
+mail_line(struct lc *c, const char *l, size_t len)
+{
+	const struct mstep *st = &script[c->step];
+	size_t tl;
+	long long lit;
+
+	switch (st->kind) {
+	case K_SMTP:
+	case K_SMTP_STLS:
+		if (len < 5 || l[0] != st->text[0] || !isdigit((unsigned
+		    char)l[1]) || !isdigit((unsigned char)l[2]) ||
+		    (l[3] != ' ' && l[3] != '-')) {
+			mail_fail(c, "unexpected reply", l, len);
+			return (-1);
+		}
+		if (len >= 12 && strncasecmp(l + 4, "STARTTLS", 8) == 0)
+			c->seen = 1;
+		if (l[3] == '-')
+			return (0);
+		if (st->kind == K_SMTP_STLS && !c->seen) {
+			mail_fail(c, "STARTTLS not offered", l, len);
+			return (-1);
+		}
+		return (1);
+	case K_IMAP_GREET:
+		if (len < 4 || strncmp(l, "* OK", 4) != 0) {
+			mail_fail(c, "unexpected greeting", l, len);
+			return (-1);
+		}
+		return (1);
+	case K_IMAP_TAG:
+		tl = strlen(st->text);
+		if (len > tl && strncmp(l, st->text, tl) == 0 && l[tl] == ' ') {
+			if (len < tl + 3 || strncmp(l + tl + 1, "OK", 2) != 0) {
+				mail_fail(c, "refused", l, len);
+				return (-1);
+			}
+			if (st->check != C_NONE && !c->seen) {
+				mail_fail(c, st->check == C_FETCH ?
+				    "OK without the message" :
+				    "OK without a whole SEARCH line", l, len);
+				return (-1);
+			}
+			return (1);
+		}
+		if (st->check == C_FETCH && (lit = imap_literal(l, len)) >= 0) {
+			if ((size_t)lit != opt.mailsize) {
+				mail_fail(c, "wrong literal size", l, len);
+				return (-1);
+			}
+			c->expect = (size_t)lit;
+			c->got = 0;
+			c->seen = 1;
+			return (0);
+		}
+		if (st->check == C_SEARCH && len >= 9 &&
+		    strncmp(l, "* SEARCH ", 9) == 0) {
+			if (len < opt.mailsize) {
+				mail_fail(c, "short SEARCH line", l, len);
+				return (-1);
+			}
+			c->seen = 1;
+			if (in_window)
+				bytes += len;
+		}
+		return (0);
+	case K_POP_OK:
+	case K_POP_RETR:
+		if (len < 3 || strncmp(l, "+OK", 3) != 0) {
+			mail_fail(c, "unexpected reply", l, len);
+			return (-1);
+		}
+		if (st->kind == K_POP_OK)
+			return (1);
+		/* The message and its ".\r\n", exactly. */
+		c->expect = opt.mailsize + 3;
+		c->got = 0;
+		c->seen = 1;
+		return (0);
+	default:
+		abort();
+	}
+}
+
+/*
+ * Take ${n} octets of reply: message octets are compared with the message
+ * as they come, lines are gathered and judged.  -1 failed, 0 more to come,
+ * 1 the step is done (what is left over is kept for the next one).
+ */
+static int
+mail_input(struct lc *c, const unsigned char *p, size_t n)
+{
+	const unsigned char *eol;
+	size_t k;
+	int rc;
+
+	while (n > 0) {
+		if (c->got < c->expect) {
+			k = c->expect - c->got < n ? c->expect - c->got : n;
+			if (memcmp(p, mailmsg + c->got, k) != 0) {
+				char why[80];
+
+				for (k = 0; p[k] == mailmsg[c->got + k]; k++)
+					;
+				snprintf(why, sizeof(why), "the message "
+				    "differs at octet %zu", c->got + k);
+				mail_fail(c, why, NULL, 0);
+				return (-1);
+			}
+			if (in_window)
+				bytes += k > opt.mailsize - c->got ?
+				    opt.mailsize - c->got : k;
+			c->got += k;
+			p += k;
+			n -= k;
+			/* POP3: the message and "." end the reply. */
+			if (c->got == c->expect &&
+			    script[c->step].kind == K_POP_RETR) {
+				c->expect = c->got = 0;
+				rc = 1;
+				goto done;
+			}
+			continue;
+		}
+		eol = memchr(p, '\n', n);
+		k = eol != NULL ? (size_t)(eol - p) + 1 : n;
+		if (c->llen + k > MAX_LINE) {
+			mail_fail(c, "reply line too long", NULL, 0);
+			return (-1);
+		}
+		if (c->llen + k + 1 > c->lcap) {
+			size_t cap = c->lcap == 0 ? 256 : c->lcap;
+			char *nl;
+
+			while (cap < c->llen + k + 1)
+				cap *= 2;
+			if ((nl = realloc(c->line, cap)) == NULL) {
+				mail_fail(c, "out of memory", NULL, 0);
+				return (-1);
+			}
+			c->line = nl;
+			c->lcap = cap;
+		}
+		memcpy(c->line + c->llen, p, k);
+		c->llen += k;
+		c->line[c->llen] = '\0';
+		p += k;
+		n -= k;
+		if (eol == NULL)
+			return (0);
+		k = c->llen;
+		c->llen = 0;
+		if ((rc = mail_line(c, c->line, k)) != 0)
+			goto done;
+	}
+	return (0);
+done:
+	if (rc > 0 && n > 0) {
+		/* Nothing is pipelined: the server spoke out of turn. */
+		mail_fail(c, "data after the reply", (const char *)p, n);
+		return (-1);
+	}
+	return (rc);
+}
+
+/* Start the next step of the script. */
+static void
+mail_next(struct lc *c)
+{
+
+	c->step++;
+	c->sent = 0;
+	c->seen = 0;
+	c->expect = c->got = 0;
+}
+
+/* Drive a mail session as far as it goes; returns when it must wait. */
+static void
+mail_step(struct lc *c)
+{
+	const struct mstep *st;
+	ssize_t n;
+	size_t len;
+	int rc;
+
+	for (;;) {
+		st = &script[c->step];
+		switch (st->kind) {
+		case K_SEND:
+			len = strlen(st->text);
+			if ((n = io_send(c, st->text + c->sent, len -
+			    c->sent)) <= 0)
+				return;
+			if ((c->sent += (size_t)n) == len)
+				mail_next(c);
+			break;
+		case K_BODY:
+			len = opt.mailsize + 3;
+			n = io_send(c, mailmsg + c->sent, len - c->sent >
+			    CHUNK ? CHUNK : len - c->sent);
+			if (n <= 0)
+				return;
+			/* Count the message, not its terminator. */
+			if (in_window && c->sent < opt.mailsize)
+				bytes += (c->sent + (size_t)n > opt.mailsize ?
+				    opt.mailsize : c->sent + (size_t)n) -
+				    c->sent;
+			if ((c->sent += (size_t)n) == len)
+				mail_next(c);
+			break;
+		case K_TLS:
+			c->st = ST_HANDSHAKE;
+			return;
+		case K_HOLD:
+			if (!c->established) {
+				c->established = 1;
+				nestablished++;
+			}
+			c->st = ST_HELD;
+			set_events(c, EPOLLIN);
+			return;
+		case K_END:
+			if (opt.mode == M_IDLE)
+				nalive++;
+			else if (in_window)
+				ops++;
+			verified++;
+			(void)gnutls_bye(c->s, GNUTLS_SHUT_WR);
+			lc_close(c);
+			return;
+		default:
+			n = io_recv(c, rbuf, sizeof(rbuf));
+			if (n <= 0)
+				return;
+			if ((rc = mail_input(c, rbuf, (size_t)n)) < 0)
+				return;
+			if (rc > 0)
+				mail_next(c);
+			break;
+		}
+	}
+}
+
 /* Drive ${c} as far as it goes without blocking. */
 static void
 step(struct lc *c)
@@ -394,7 +931,12 @@ step(struct lc *c)
 				fail(c, "connect", strerror(err));
 				return;
 			}
-			c->st = ST_HANDSHAKE;
+			c->st = opt.proto != X_NONE ? ST_MAIL : ST_HANDSHAKE;
+			break;
+		case ST_MAIL:
+			mail_step(c);
+			if (c->st != ST_HANDSHAKE)
+				return;
 			break;
 		case ST_HANDSHAKE:
 			rc = gnutls_handshake(c->s);
@@ -406,6 +948,12 @@ step(struct lc *c)
 			if (rc < 0) {
 				fail(c, "handshake", gnutls_strerror(rc));
 				return;
+			}
+			if (opt.proto != X_NONE) {
+				c->tls_up = 1;
+				mail_next(c);
+				c->st = ST_MAIL;
+				break;
 			}
 			switch (opt.mode) {
 			case M_UPLOAD:
@@ -555,11 +1103,12 @@ usage(void)
 
 	fprintf(stderr,
 	    "usage: loadgen -a HOST:PORT -m full|resumed|upload|download|"
-	    "idle|pingpong\n"
+	    "idle|pingpong|session|search\n"
 	    "               [-c CONNS] [-d SECONDS] [-w WARMUP] [-n IDLE_CONNS]"
 	    " [-H HOLD]\n"
 	    "               [-s MSG_BYTES] [-p PROXY_PID] [-P PRIORITY] "
-	    "[-S SNI]\n");
+	    "[-S SNI]\n"
+	    "               [-x smtp|imap|pop3 [-T] [-M MAIL_BYTES]]\n");
 	exit(2);
 }
 
@@ -583,7 +1132,7 @@ main(int argc, char **argv)
 	int ch, i, have_pid;
 	long hz = sysconf(_SC_CLK_TCK);
 
-	while ((ch = getopt(argc, argv, "a:c:d:H:m:n:p:P:s:S:w:h")) != -1) {
+	while ((ch = getopt(argc, argv, "a:c:d:H:m:M:n:p:P:s:S:Tw:x:h")) != -1) {
 		switch (ch) {
 		case 'a':
 			if (parse_addr(optarg) < 0) {
@@ -602,12 +1151,26 @@ main(int argc, char **argv)
 			opt.hold = atof(optarg);
 			break;
 		case 'm':
-			for (i = 0; i < 6; i++)
+			for (i = 0; i < M_NMODES; i++)
 				if (strcmp(optarg, mode_names[i]) == 0)
 					break;
-			if (i == 6)
+			if (i == M_NMODES)
 				usage();
 			opt.mode = (enum mode)i;
+			break;
+		case 'M':
+			opt.mailsize = (size_t)strtoull(optarg, NULL, 10);
+			break;
+		case 'T':
+			opt.starttls = 1;
+			break;
+		case 'x':
+			for (i = 1; i < 4; i++)
+				if (strcmp(optarg, proto_names[i]) == 0)
+					break;
+			if (i == 4)
+				usage();
+			opt.proto = (enum xproto)i;
 			break;
 		case 'n':
 			opt.nidle = atoi(optarg);
@@ -634,6 +1197,20 @@ main(int argc, char **argv)
 	if (opt.addrlen == 0 || opt.conc < 1 || opt.nidle < 1 ||
 	    opt.msgsize < 1 || opt.msgsize > MAX_MSG)
 		usage();
+	/* Mail sessions: which modes, and a message both ends can check. */
+	if ((opt.proto != X_NONE) != (opt.mode == M_SESSION ||
+	    opt.mode == M_SEARCH || (opt.mode == M_IDLE &&
+	    opt.proto != X_NONE)) || (opt.starttls && opt.proto == X_NONE) ||
+	    (opt.mode == M_SEARCH && opt.proto != X_IMAP))
+		usage();
+	if (opt.proto != X_NONE && opt.mode != M_SEARCH && opt.mailsize > 0 &&
+	    (mailmsg = mailmsg_new(opt.mailsize)) == NULL) {
+		fprintf(stderr, "loadgen: -M must be 0 or at least %d\n",
+		    MAILMSG_MIN);
+		return (2);
+	}
+	if (opt.proto != X_NONE)
+		script_build();
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
 	if (gnutls_certificate_allocate_credentials(&cred) < 0 ||
@@ -690,7 +1267,11 @@ main(int argc, char **argv)
 			(void)proc_usage(opt.pid, &cpu1, &rss1);
 		/* Every held connection must still carry data both ways. */
 		for (i = 0; i < nconns; i++)
-			if (conns[i].st == ST_HELD) {
+			if (conns[i].st == ST_HELD && opt.proto != X_NONE) {
+				conns[i].st = ST_MAIL;
+				mail_next(&conns[i]);
+				step(&conns[i]);
+			} else if (conns[i].st == ST_HELD) {
 				start_send(&conns[i], 0, 1);
 				step(&conns[i]);
 			}
@@ -699,7 +1280,8 @@ main(int argc, char **argv)
 			int busy = 0;
 
 			for (i = 0; i < nconns && !busy; i++)
-				busy = conns[i].st == ST_SEND ||
+				busy = conns[i].st == ST_MAIL ||
+				    conns[i].st == ST_SEND ||
 				    conns[i].st == ST_ECHO;
 			if (!busy)
 				break;
@@ -708,8 +1290,9 @@ main(int argc, char **argv)
 		stopping = 1;
 		for (i = 0; i < nconns; i++)
 			lc_close(&conns[i]);
-		printf("RESULT mode=idle conns=%d established=%llu "
-		    "alive=%llu errors=%llu open_s=%.2f", nconns,
+		printf("RESULT mode=idle proto=%s starttls=%d conns=%d "
+		    "established=%llu alive=%llu errors=%llu open_s=%.2f",
+		    proto_names[opt.proto], opt.starttls, nconns,
 		    (unsigned long long)nestablished,
 		    (unsigned long long)nalive, (unsigned long long)errors,
 		    window);
@@ -731,6 +1314,11 @@ main(int argc, char **argv)
 	if (opt.mode == M_RESUMED)
 		while (sess.size == 0 && errors < 100)
 			loop_until(now_ns() + 10000000, 1);
+	/* Mail sessions check correctness: an error in the warm-up counts. */
+	if (errors > 0 && opt.proto != X_NONE) {
+		warm_errors = errors;
+		snprintf(warm_error, sizeof(warm_error), "%s", first_error);
+	}
 	errors = 0;
 	first_error[0] = '\0';
 	if (have_pid)
@@ -742,6 +1330,22 @@ main(int argc, char **argv)
 	if (have_pid)
 		(void)proc_usage(opt.pid, &cpu1, &rss1);
 	in_window = 0;
+	if (opt.proto != X_NONE) {
+		/*
+		 * Let the sessions in flight finish (nothing new starts), so
+		 * that even a short run checks whole transfers.
+		 */
+		uint64_t deadline = now_ns() + (uint64_t)(120 * 1e9);
+		int busy = 1;
+
+		while (busy && now_ns() < deadline) {
+			loop_until(now_ns() + 10000000, 0);
+			for (i = 0, busy = 0; i < nconns && !busy; i++)
+				busy = conns[i].st != ST_FREE;
+		}
+		if (busy)
+			note_error("drain", "sessions still open after 120 s");
+	}
 	stopping = 1;
 	for (i = 0; i < nconns; i++)
 		lc_close(&conns[i]);
@@ -791,11 +1395,34 @@ main(int argc, char **argv)
 			printf(" mb_per_cpu_s=%.1f", (double)bytes / 1e6 /
 			    cpu_s);
 		break;
+	case M_SESSION:
+	case M_SEARCH:
+		printf(" proto=%s starttls=%d mail_bytes=%zu warmup_errors=%llu"
+		    " verified=%llu ops=%llu ops_per_s=%.1f bytes=%llu "
+		    "mb_per_s=%.1f",
+		    proto_names[opt.proto], opt.starttls, opt.mailsize,
+		    (unsigned long long)warm_errors,
+		    (unsigned long long)verified, (unsigned long long)ops,
+		    (double)ops / window, (unsigned long long)bytes,
+		    (double)bytes / 1e6 / window);
+		if (have_pid && ops > 0)
+			printf(" cpu_us_per_op=%.1f", 1e6 * cpu_s /
+			    (double)ops);
+		if (have_pid && bytes > 0 && cpu_s > 0)
+			printf(" cpu_us_per_mb=%.1f mb_per_cpu_s=%.1f",
+			    1e6 * cpu_s / ((double)bytes / 1e6),
+			    (double)bytes / 1e6 / cpu_s);
+		break;
 	default:
 		break;
 	}
 	printf("\n");
+	if (warm_error[0] != '\0')
+		fprintf(stderr, "loadgen: first error (warm-up): %s\n",
+		    warm_error);
 	if (first_error[0] != '\0')
 		fprintf(stderr, "loadgen: first error: %s\n", first_error);
+	if (opt.proto != X_NONE)
+		return (verified == 0 || errors > 0 || warm_errors > 0 ? 1 : 0);
 	return (ops == 0 && bytes == 0 ? 1 : 0);
 }

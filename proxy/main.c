@@ -16,6 +16,7 @@
 #include <gnutls/gnutls.h>
 #include <uv.h>
 
+#include "capacity.h"
 #include "certs.h"
 #include "config.h"
 #include "listener.h"
@@ -893,6 +894,7 @@ main(int argc, char *argv[])
 	log_setup(cfg->log_level, cfg->log_format);
 	if (cfg->user != NULL && (pw = getpwnam(cfg->user)) != NULL)
 		certs_key_group(pw->pw_gid);
+	(void)capacity_setup(cfg);
 	if ((m.ticket = ticket_new(cfg, stderr)) == NULL) {
 		config_free(cfg);
 		rc = check ? EXIT_CONFIG : EXIT_STARTUP;
