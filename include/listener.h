@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
+#include "climit.h"
 #include "config.h"
 #include "proto.h"
 #include "tlsio.h"
@@ -22,6 +23,8 @@ struct listener {
 	int				 backend_tls;	/* btls is set up */
 	struct tlsio_client_ctx		 btls;
 	atomic_uint			 nconns;	/* over all workers */
+	struct climit			*climit;	/* NULL: no limits
+							   per client */
 };
 
 /**

@@ -113,6 +113,11 @@ static const struct family families[] = {
 	  "Plaintext bytes relayed, by direction.", "direction",
 	  { { "client_to_backend", METRIC_BYTES_IN },
 	    { "backend_to_client", METRIC_BYTES_OUT } }, 2 },
+	{ "mailtlsd_client_limit_refusals_total", "counter",
+	  "Connections refused because their client address was over a "
+	  "limit, by limit.", "limit",
+	  { { "max_per_client", METRIC_CLIMIT_MAX },
+	    { "rate_per_client", METRIC_CLIMIT_RATE } }, 2 },
 };
 
 static void	mconn_close(struct mconn *);
