@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "metrics.h"
 
 /* What one slot of the table costs. */
 #define CLIMIT_SLOT_BYTES	32
@@ -73,25 +74,33 @@ enum climit_verdict climit_admit(struct climit *, const struct sockaddr *,
 void climit_release(struct climit *, uint32_t);
 
 /**
- * climit_gate(t, lc, fd, peer, ticket):
+ * climit_gate(t, lc, fd, peer, ticket, m, worker, listener):
  * At accept, before anything else is done for the connection ${fd} from
- * ${peer} on the listener ${lc}: climit_admit it, or refuse it, which
- * closes ${fd} at once (after the climit_reply on a listener whose client
- * is not on TLS from its first byte) and notes it for the log.  Return the
- * verdict.
+ * ${peer} on the listener ${lc}: climit_admit it, or refuse it: count it
+ * in ${m} (as worker ${worker}, listener ${listener}: the connection and
+ * the refusal), note it for the log, and close ${fd} at once (after the
+ * climit_reply on a listener whose client is not on TLS from its first
+ * byte).  Return the verdict.
  */
 enum climit_verdict climit_gate(struct climit *,
     const struct config_listener *, int, const struct sockaddr *,
-    uint32_t *);
+    uint32_t *, struct metrics *, size_t, size_t);
+
+/**
+ * climit_metric(v):
+ * The counter of refusals of verdict ${v}.
+ */
+enum metric climit_metric(enum climit_verdict);
 
 /**
  * climit_refused(t, v, client):
- * Note a refusal of verdict ${v} for the logs; ${client} (text, borrowed
- * until return) is named in the next line.  Lines are written by a thread
+ * Note a refusal of verdict ${v} for the logs; the address of ${client}
+ * is named in the next line.  Lines are written by a thread
  * of the table's, at most one a second, each with the counts since the
  * previous one.
  */
-void climit_refused(struct climit *, enum climit_verdict, const char *);
+void climit_refused(struct climit *, enum climit_verdict,
+    const struct sockaddr *);
 
 /**
  * climit_reply(proto, hostname, buf, len):

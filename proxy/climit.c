@@ -379,23 +379,29 @@ climit_release(struct climit *t, uint32_t ticket)
 }
 
 /**
- * climit_gate(t, lc, fd, peer, ticket):
+ * climit_gate(t, lc, fd, peer, ticket, m, worker, listener):
  * At accept, before anything else is done for the connection ${fd} from
- * ${peer} on the listener ${lc}: climit_admit it, or refuse it, which
- * closes ${fd} at once (after the climit_reply on a listener whose client
- * is not on TLS from its first byte) and notes it for the log.  Return the
- * verdict.
+ * ${peer} on the listener ${lc}: climit_admit it, or refuse it: count it
+ * in ${m} (as worker ${worker}, listener ${listener}: the connection and
+ * the refusal), note it for the log, and close ${fd} at once (after the
+ * climit_reply on a listener whose client is not on TLS from its first
+ * byte).  Return the verdict.
  */
 enum climit_verdict
 climit_gate(struct climit *t, const struct config_listener *lc, int fd,
-    const struct sockaddr *peer, uint32_t *ticket)
+    const struct sockaddr *peer, uint32_t *ticket, struct metrics *m,
+    size_t worker, size_t listener)
 {
 	enum climit_verdict v;
-	char buf[512], host[INET6_ADDRSTRLEN] = "";
+	char buf[512];
 	size_t n;
 
 	if ((v = climit_admit(t, peer, climit_now(), ticket)) == CLIMIT_OK)
 		return (v);
+	/* Counted before the close, which the client may act on at once. */
+	metrics_add(m, worker, listener, METRIC_CONN_TOTAL, 1);
+	metrics_add(m, worker, listener, climit_metric(v), 1);
+	climit_refused(t, v, peer);
 	/*
 	 * The reply is short and the socket new: it fits in the send
 	 * buffer, and the kernel delivers it before the FIN.  An implicit
@@ -406,32 +412,45 @@ climit_gate(struct climit *t, const struct config_listener *lc, int fd,
 	    sizeof(buf))) > 0)
 		(void)send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
 	close(fd);
-	if (peer->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)
-		    peer)->sin_addr, host, sizeof(host));
-	else if (peer->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)
-		    (const void *)peer)->sin6_addr, host, sizeof(host));
-	climit_refused(t, v, host);
 	return (v);
 }
 
 /**
+ * climit_metric(v):
+ * The counter of refusals of verdict ${v}.
+ */
+enum metric
+climit_metric(enum climit_verdict v)
+{
+
+	return (v == CLIMIT_OVER_RATE ? METRIC_CLIMIT_RATE :
+	    METRIC_CLIMIT_MAX);
+}
+
+/**
  * climit_refused(t, v, client):
- * Note a refusal of verdict ${v} for the logs; ${client} (text, borrowed
- * until return) is named in the next line.  Lines are written by a thread
+ * Note a refusal of verdict ${v} for the logs; the address of ${client}
+ * is named in the next line.  Lines are written by a thread
  * of the table's, at most one a second, each with the counts since the
  * previous one.
  */
 void
-climit_refused(struct climit *t, enum climit_verdict v, const char *client)
+climit_refused(struct climit *t, enum climit_verdict v,
+    const struct sockaddr *client)
 {
+	char host[INET6_ADDRSTRLEN] = "";
 
 	if (t == NULL || v == CLIMIT_OK)
 		return;
+	if (client->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)
+		    client)->sin_addr, host, sizeof(host));
+	else if (client->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)
+		    (const void *)client)->sin6_addr, host, sizeof(host));
 	uv_mutex_lock(&t->loglock);
 	t->pending[v]++;
-	snprintf(t->last, sizeof(t->last), "%s", client);
+	memcpy(t->last, host, sizeof(host));
 	/* The thread starts with the first refusal: most tables never log. */
 	if (!t->logstarted && !t->logstop) {
 		if (uv_thread_create(&t->logthread, log_main, t) == 0)

@@ -1789,10 +1789,8 @@ climit_refuse(struct conn *c, const struct sockaddr *client)
 	v = climit_admit(c->l->climit, client, climit_now(), &c->climit);
 	if (v == CLIMIT_OK)
 		return (0);
-	count(c, v == CLIMIT_OVER_MAX ? METRIC_CLIMIT_MAX : METRIC_CLIMIT_RATE,
-	    1);
-	format_peer(client, c->peer, sizeof(c->peer));
-	climit_refused(c->l->climit, v, c->peer);
+	count(c, climit_metric(v), 1);
+	climit_refused(c->l->climit, v, client);
 	lb_free(&c->client);
 	if (c->lc->client_tls != CONFIG_TLS_IMPLICIT && (n = climit_reply(
 	    c->lc->protocol, c->lc->hostname, buf, sizeof(buf))) > 0)
@@ -1875,20 +1873,13 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	const struct config_listener *lc = l->conf;
 	struct conn *c;
 	struct proto_opts po;
-	enum climit_verdict v;
 	uint32_t ticket = 0;
 	int sslen;
 
 	/* Over its limits, a client costs no more than this. */
-	if (!trusted_proxy(lc, peer) && (v = climit_gate(l->climit, lc, fd,
-	    peer, &ticket)) != CLIMIT_OK) {
-		metrics_add(w->metrics, (size_t)w->id, l->index,
-		    METRIC_CONN_TOTAL, 1);
-		metrics_add(w->metrics, (size_t)w->id, l->index,
-		    v == CLIMIT_OVER_MAX ? METRIC_CLIMIT_MAX :
-		    METRIC_CLIMIT_RATE, 1);
+	if (!trusted_proxy(lc, peer) && climit_gate(l->climit, lc, fd, peer,
+	    &ticket, w->metrics, (size_t)w->id, l->index) != CLIMIT_OK)
 		return (0);
-	}
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		goto err0;
 	c->climit = ticket;

@@ -346,6 +346,7 @@ static void
 test_refusal_log(void **state)
 {
 	struct climit *t;
+	struct sockaddr_storage ss = addr("192.0.2.9");
 	char path[] = "/tmp/test_climit.XXXXXX", buf[8192];
 	int fd, saved, i, lines;
 	ssize_t n;
@@ -359,7 +360,7 @@ test_refusal_log(void **state)
 	assert_non_null(t = climit_new("smtps", 1, 1, 100));
 	for (i = 0; i < 300; i++)
 		climit_refused(t, i % 3 == 0 ? CLIMIT_OVER_RATE :
-		    CLIMIT_OVER_MAX, "192.0.2.9");
+		    CLIMIT_OVER_MAX, (struct sockaddr *)&ss);
 	climit_free(t);
 	assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
 	close(saved);
