@@ -99,6 +99,10 @@ struct config_listener {
 	uint64_t		 handshake_timeout_ms;
 	uint64_t		 idle_timeout_ms;
 	unsigned		 max_connections;
+	unsigned		 max_per_client;	/* 0: no limit */
+	unsigned		 rate_per_client;	/* per second; 0: none */
+	uint64_t		 plaintext_timeout_ms;	/* idle, before TLS,
+							   require_tls = no */
 };
 
 struct config {

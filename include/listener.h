@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "climit.h"
 #include "config.h"
 #include "proto.h"
 #include "tlsio.h"
@@ -39,6 +40,8 @@ struct listener {
 							   own_nconns unless
 							   shared) */
 	atomic_uint			 own_nconns;
+	struct climit			*climit;	/* NULL: no limits
+							   per client */
 };
 
 struct listener_set {

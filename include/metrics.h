@@ -28,6 +28,8 @@ enum metric {
 	METRIC_BACKEND_TLS_ERR,		/* backend STARTTLS/TLS/verification */
 	METRIC_BYTES_IN,		/* plaintext bytes client -> backend */
 	METRIC_BYTES_OUT,		/* plaintext bytes backend -> client */
+	METRIC_CLIMIT_MAX,		/* refused: max_per_client */
+	METRIC_CLIMIT_RATE,		/* refused: rate_per_client */
 	METRIC_NMETRICS
 };
 

@@ -4,8 +4,9 @@
  * "GET /metrics" in the Prometheus text exposition format 0.0.4.
  *
  * It never blocks: requests are read into a fixed buffer, each connection
- * has a deadline, and the number of connections is capped; anything odd is
- * answered with an error status or closed.  Every response carries
+ * has a deadline, and the number of connections is capped (a new one
+ * closes the oldest, so that slow clients cannot keep a scrape out);
+ * anything odd is answered with an error status or closed.  Every response carries
  * "Connection: close".
  */
 #ifndef MAILTLSD_METRICS_HTTP_H
@@ -25,7 +26,7 @@ struct reloader;
 #define METRICS_HTTP_MAX_REQUEST	(8 * 1024)	/* bytes of headers */
 #define METRICS_HTTP_DEADLINE_MS	5000	/* accept to response sent */
 #define METRICS_HTTP_LINGER_MS		1000	/* draining after it */
-#define METRICS_HTTP_MAX_CONNS		16
+#define METRICS_HTTP_MAX_CONNS		16	/* then the oldest goes */
 
 /* What the endpoint reports, all borrowed until metrics_http_stop. */
 struct metrics_src {

@@ -74,6 +74,8 @@
 #define DEFAULT_HANDSHAKE_MS	(10 * 1000)
 #define DEFAULT_IDLE_MS		(10 * 60 * 1000)
 #define DEFAULT_MAXCONN		10000
+/* RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for a command. */
+#define DEFAULT_PLAINTEXT_MS	(5 * 60 * 1000)
 
 struct parser;
 
@@ -122,6 +124,9 @@ enum lkey {
 	LK_HANDSHAKE_TIMEOUT,
 	LK_IDLE_TIMEOUT,
 	LK_MAX_CONNECTIONS,
+	LK_MAX_PER_CLIENT,
+	LK_RATE_PER_CLIENT,
+	LK_PLAINTEXT_TIMEOUT,
 	LK_COUNT
 };
 
@@ -645,6 +650,19 @@ static const struct enumdef en_alpn = {
 	{ "off", "strict" }, { 0, 1 }
 };
 
+/* A limit per client: 0 means none. */
+static const char *
+parse_perclient(struct parser *p, void *obj, size_t off, const char *v)
+{
+	uint64_t n;
+
+	(void)p;
+	if (parse_uint(v, MAXCONN_MAX, &n))
+		return ("expected a number from 0 (no limit) to 1000000");
+	*FIELD(obj, off, unsigned) = (unsigned)n;
+	return (NULL);
+}
+
 static const char *
 parse_enum(const struct enumdef *e, void *obj, size_t off, const char *v)
 {
@@ -872,6 +890,12 @@ static const struct keydef lkeys[LK_COUNT] = {
 	    L(idle_timeout_ms), 0 },
 	[LK_MAX_CONNECTIONS] = { "max_connections", parse_maxconn,
 	    L(max_connections), 0 },
+	[LK_MAX_PER_CLIENT] = { "max_per_client", parse_perclient,
+	    L(max_per_client), 0 },
+	[LK_RATE_PER_CLIENT] = { "rate_per_client", parse_perclient,
+	    L(rate_per_client), 0 },
+	[LK_PLAINTEXT_TIMEOUT] = { "plaintext_timeout", parse_timeout,
+	    L(plaintext_timeout_ms), 0 },
 };
 #undef L
 
@@ -1106,6 +1130,7 @@ add_listener(struct parser *p, const char *name)
 	l->handshake_timeout_ms = DEFAULT_HANDSHAKE_MS;
 	l->idle_timeout_ms = DEFAULT_IDLE_MS;
 	l->max_connections = DEFAULT_MAXCONN;
+	l->plaintext_timeout_ms = DEFAULT_PLAINTEXT_MS;
 	p->cur = cfg->nlisteners++;
 	return (0);
 }

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "bstarttls.h"
+#include "climit.h"
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -146,6 +147,7 @@ struct conn {
 	char			 detail[192];
 	char			 peer[INET6_ADDRSTRLEN + 8];
 	struct conn_addrs	*addrs;		/* NULL: no PROXY header to send */
+	uint32_t		 climit;	/* climit ticket; 0: none */
 	/*
 	 * What the client's TLS session said, for logs and the PROXY header.
 	 * Names are kept on the heap only when there are any (most sessions
@@ -593,8 +595,11 @@ conn_free(struct conn *c)
 	struct worker *w = c->w;
 	int listed = c->listed;
 
+	climit_release(c->l->climit, c->climit);
 	if (listed) {
-		log_close(c);
+		/* Refusals have their own line, once a second (climit). */
+		if (c->reason == NULL || strcmp(c->reason, CLIMIT_REASON) != 0)
+			log_close(c);
 		count(c, METRIC_CONN_ACTIVE, -1);
 		worker_conn_remove(w, &c->link);
 	}
@@ -717,6 +722,23 @@ backend_unavailable(struct conn *c, const char *why)
 	finish(c, "backend_unavailable");
 }
 
+/*
+ * How long the session may stay idle.  A STARTTLS client still in
+ * plaintext with require_tls = no has plaintext_timeout (if shorter): it
+ * may be a whole plaintext session, so no absolute bound, but an idle
+ * one costs a backend connection too.
+ */
+static uint64_t
+idle_ms(const struct conn *c)
+{
+	const struct config_listener *lc = c->lc;
+
+	if (lc->client_tls == CONFIG_TLS_STARTTLS && !lc->require_tls &&
+	    !c->client_tls_up && lc->plaintext_timeout_ms < lc->idle_timeout_ms)
+		return (lc->plaintext_timeout_ms);
+	return (lc->idle_timeout_ms);
+}
+
 static void
 timer_cb(uv_timer_t *t)
 {
@@ -745,8 +767,7 @@ timer_cb(uv_timer_t *t)
 		finish(c, "handshake_timeout");
 		return;
 	}
-	if (c->phase == CONN_RELAY &&
-	    now >= c->last_active + c->lc->idle_timeout_ms) {
+	if (c->phase == CONN_RELAY && now >= c->last_active + idle_ms(c)) {
 		finish(c, "idle_timeout");
 		return;
 	}
@@ -772,9 +793,9 @@ arm_timer(struct conn *c)
 			when = c->hs_deadline;
 		if (c->conn_deadline != 0 && c->conn_deadline < when)
 			when = c->conn_deadline;
-		if (c->phase == CONN_RELAY &&
-		    c->last_active + c->lc->idle_timeout_ms < when)
-			when = c->last_active + c->lc->idle_timeout_ms;
+		if (c->phase == CONN_RELAY && c->last_active + idle_ms(c) <
+		    when)
+			when = c->last_active + idle_ms(c);
 	}
 	if (when == UINT64_MAX) {
 		uv_timer_stop(&c->timer);
@@ -1746,6 +1767,30 @@ start_session(struct conn *c, const char *rest, size_t len)
 	}
 }
 
+/*
+ * The client's limits, known once a trusted peer's PROXY header says who
+ * the client is: still before any TLS or backend.  Return 1 if refused.
+ */
+static int
+climit_refuse(struct conn *c, const struct sockaddr *client)
+{
+	enum climit_verdict v;
+	char buf[512];
+	size_t n;
+
+	v = climit_admit(c->l->climit, client, climit_now(), &c->climit);
+	if (v == CLIMIT_OK)
+		return (0);
+	count(c, climit_metric(v), 1);
+	climit_refused(c->l->climit, v, client);
+	lb_free(&c->client);
+	if (c->lc->client_tls != CONFIG_TLS_IMPLICIT && (n = climit_reply(
+	    c->lc->protocol, c->lc->hostname, buf, sizeof(buf))) > 0)
+		(void)side_write(&c->client, buf, n);
+	finish(c, CLIMIT_REASON);
+	return (1);
+}
+
 /* Bytes from a trusted peer that must start with a PROXY header. */
 static void
 proxy_header(struct conn *c, const char *data, size_t len)
@@ -1771,6 +1816,8 @@ proxy_header(struct conn *c, const char *data, size_t len)
 		return;
 	}
 	if (!h.local) {
+		if (climit_refuse(c, (const struct sockaddr *)&h.src))
+			return;
 		if (c->addrs != NULL) {
 			memcpy(&c->addrs->peer, &h.src, sizeof(c->addrs->peer));
 			memcpy(&c->addrs->local, &h.dst,
@@ -1818,10 +1865,16 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	const struct config_listener *lc = l->conf;
 	struct conn *c;
 	struct proto_opts po;
+	uint32_t ticket = 0;
 	int sslen;
 
+	/* Over its limits, a client costs no more than this. */
+	if (!trusted_proxy(lc, peer) && climit_gate(l->climit, lc, fd, peer,
+	    &ticket, w->metrics, (size_t)w->id, l->index) != CLIMIT_OK)
+		return (0);
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		goto err0;
+	c->climit = ticket;
 	c->w = w;
 	c->l = l;
 	c->lc = lc;
@@ -1902,6 +1955,7 @@ err2:
 err1:
 	free(c);
 err0:
+	climit_release(l->climit, ticket);
 	if (fd >= 0)
 		close(fd);
 	return (-1);

@@ -71,6 +71,13 @@ listener_setup(struct listener *l, const struct config_listener *conf,
 	l->proto = proto_find(conf->protocol);
 	atomic_init(&l->own_nconns, 0);
 	l->nconns = &l->own_nconns;
+	if ((conf->max_per_client > 0 || conf->rate_per_client > 0) &&
+	    (l->climit = climit_new(conf->name, conf->max_per_client,
+	    conf->rate_per_client, conf->max_connections)) == NULL) {
+		fprintf(errf, "%s:%d: listener %s: out of memory\n", cfgpath,
+		    conf->line, conf->name);
+		return (-1);
+	}
 	if (conf->backend_tls != CONFIG_TLS_NONE &&
 	    backend_setup(l, conf, cfgpath, errf) < 0)
 		return (-1);
@@ -121,6 +128,8 @@ void
 listener_teardown(struct listener *l)
 {
 
+	climit_free(l->climit);
+	l->climit = NULL;
 	if (l->tls.prio != NULL)
 		gnutls_priority_deinit(l->tls.prio);
 	certs_slot_free(l->tls.slot);

@@ -61,8 +61,9 @@ struct metrics_http {
 	uv_loop_t		*loop;
 	uv_tcp_t		 srv;
 	const struct metrics_src *src;
-	struct mconn		*conns;
+	struct mconn		*conns;		/* newest first */
 	unsigned		 nconns;
+	unsigned		 nlive;		/* of them not closing */
 	unsigned		 nhandles;	/* open handles, srv included */
 	int			 stopping;
 	char			 addr[128];
@@ -113,6 +114,11 @@ static const struct family families[] = {
 	  "Plaintext bytes relayed, by direction.", "direction",
 	  { { "client_to_backend", METRIC_BYTES_IN },
 	    { "backend_to_client", METRIC_BYTES_OUT } }, 2 },
+	{ "mailtlsd_client_limit_refusals_total", "counter",
+	  "Connections refused because their client address was over a "
+	  "limit, by limit.", "limit",
+	  { { "max_per_client", METRIC_CLIMIT_MAX },
+	    { "rate_per_client", METRIC_CLIMIT_RATE } }, 2 },
 };
 
 static void	mconn_close(struct mconn *);
@@ -534,6 +540,7 @@ mconn_close(struct mconn *c)
 	if (c->closing)
 		return;
 	c->closing = 1;
+	c->h->nlive--;
 	uv_close((uv_handle_t *)&c->tcp, mconn_close_cb);
 	uv_close((uv_handle_t *)&c->timer, mconn_close_cb);
 }
@@ -716,12 +723,28 @@ static void
 connection_cb(uv_stream_t *srv, int status)
 {
 	struct metrics_http *h = srv->data;
-	struct mconn *c;
+	struct mconn *c, *old = NULL;
 	uv_tcp_t *t;
 
 	if (status < 0 || h->stopping)
 		return;
-	if (h->nconns >= METRICS_HTTP_MAX_CONNS) {
+	/*
+	 * At the cap the oldest connection makes room: a scraper sends its
+	 * request at once and is gone within milliseconds, so only clients
+	 * that are slow (or idle) are ever pushed out, and no number of them
+	 * can keep a scrape from being served.
+	 */
+	if (h->nlive >= METRICS_HTTP_MAX_CONNS) {
+		for (c = h->conns; c != NULL; c = c->next)
+			if (!c->closing)
+				old = c;
+		if (old != NULL) {
+			log_debug("metrics", "%s: %d connections, closing the "
+			    "oldest", h->addr, METRICS_HTTP_MAX_CONNS);
+			mconn_close(old);
+		}
+	}
+	if (h->nlive >= METRICS_HTTP_MAX_CONNS) {
 		/*
 		 * Accept and close at once: a connection left in the queue
 		 * would stop libuv accepting at all.
@@ -746,6 +769,7 @@ connection_cb(uv_stream_t *srv, int status)
 	c->nopen = 2;
 	h->nhandles += 2;
 	h->nconns++;
+	h->nlive++;
 	if ((c->next = h->conns) != NULL)
 		c->next->prev = c;
 	h->conns = c;

@@ -14,7 +14,8 @@ HTTP: 200 for GET and HEAD /metrics (also with a query string, HTTP/1.0 and
 1.1, the absolute form), 404 for another path, 405 for another method, 400
 for garbage, 431 for a head over 8 KiB, `Connection: close` always; a slow
 client is closed by the 5 s deadline while the relay and other scrapes carry
-on; a 1 MB request is closed; more than 16 connections are refused; a
+on; a 1 MB request is closed; over 16 connections the oldest is closed
+(so that slow clients cannot keep a scrape out); a
 metrics address that cannot be bound stops start-up with status 2; SIGTERM
 with a scrape connection open still exits 0.
 
@@ -38,7 +39,7 @@ from mtd import FakeBackend, Mailtlsd, TlsConn, SLOW, LOOPBACK
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GREETING = b"HELLO from the fake backend\r\n"
 DEADLINE = 5.0          # METRICS_HTTP_DEADLINE_MS
-MAX_CONNS = 16          # METRICS_HTTP_MAX_CONNS
+MAX_CONNS = 16          # METRICS_HTTP_MAX_CONNS: then the oldest goes
 
 
 # --------------------------------------------------------------------------
@@ -480,6 +481,7 @@ class ScriptedCounts(unittest.TestCase):
             "mailtlsd_starttls_upgrades_total": "counter",
             "mailtlsd_backend_errors_total": "counter",
             "mailtlsd_bytes_total": "counter",
+            "mailtlsd_client_limit_refusals_total": "counter",
             "mailtlsd_cert_not_after_seconds": "gauge",
             "mailtlsd_cert_reloads_total": "counter",
             "mailtlsd_config_reloads_total": "counter",
@@ -695,7 +697,7 @@ class Endpoint(unittest.TestCase):
                             result["data"][:100])
         self.assertAlive()
 
-    def test_connection_cap(self):
+    def test_connection_cap_closes_the_oldest(self):
         n = MAX_CONNS + 4
         socks = []
         try:
@@ -703,21 +705,17 @@ class Endpoint(unittest.TestCase):
                 socks.append(socket.create_connection((LOOPBACK, self.mport),
                                                       timeout=10 * SLOW))
 
-            # Those over the cap are accepted and closed at once, unanswered.
-            def rejected():
-                out = []
-                for s in socks:
-                    r, _, _ = select.select([s], [], [], 0)
-                    if r and s.recv(1, socket.MSG_PEEK) == b"":
-                        out.append(s)
-                return out if len(out) >= n - MAX_CONNS else None
-            gone = mtd.wait_for(rejected, 5 * SLOW, 0.02,
-                                "connections over the cap to be closed")
-            held = [s for s in socks if s not in gone]
-            # (Connections of the tests before may still hold a slot for a
-            # moment: at most MAX_CONNS are held, and almost all of them.)
-            self.assertLessEqual(len(held), MAX_CONNS)
-            self.assertGreaterEqual(len(held), MAX_CONNS - 2)
+            # Each connection over the cap closes the oldest one, unanswered.
+            def closed(s):
+                r, _, _ = select.select([s], [], [], 0)
+                try:
+                    return bool(r) and s.recv(1, socket.MSG_PEEK) == b""
+                except ConnectionResetError:
+                    return True
+            mtd.wait_for(lambda: all(closed(s) for s in socks[:n - MAX_CONNS]),
+                         5 * SLOW, 0.02, "the oldest connections to be closed")
+            held = socks[n - MAX_CONNS:]
+            self.assertFalse([s for s in held if closed(s)])
             # Each held connection is served.
             for s in held:
                 s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
@@ -726,9 +724,24 @@ class Endpoint(unittest.TestCase):
         finally:
             for s in socks:
                 s.close()
-        # Freed slots are usable again (closing is seen asynchronously).
-        mtd.wait_for(lambda: self._try_scrape(), 5 * SLOW, 0.05,
-                     "a scrape after the cap")
+        self.assertTrue(self._try_scrape())
+
+    def test_idle_clients_cannot_keep_a_scrape_out(self):
+        # Twice the cap of clients that connect and say nothing: a scrape
+        # made while they are all still within their deadline is served.
+        socks = []
+        try:
+            for _ in range(2 * MAX_CONNS):
+                socks.append(socket.create_connection((LOOPBACK, self.mport),
+                                                      timeout=10 * SLOW))
+            t0 = time.monotonic()
+            raw = http_raw(self.mport, b"GET /metrics HTTP/1.1\r\n\r\n", 5)
+            self.assertTrue(raw.startswith(b"HTTP/1.1 200"), raw[:100])
+            # (Had the deadline freed the slots, this would prove nothing.)
+            self.assertLess(time.monotonic() - t0, DEADLINE)
+        finally:
+            for s in socks:
+                s.close()
 
     def _try_scrape(self):
         try:

@@ -1359,6 +1359,64 @@ test_fixture_files(void **state)
 	config_free(cfg);
 }
 
+/* Limits per client and the plaintext bound (issue 16). */
+static void
+test_client_limits(void **state)
+{
+	struct config *cfg;
+	struct config_listener *l;
+
+	(void)state;
+	cfg = load_ok(LISTENER("a", "10465"));
+	l = &cfg->listeners[0];
+	assert_int_equal(l->max_per_client, 0);
+	assert_int_equal(l->rate_per_client, 0);
+	assert_int_equal(l->plaintext_timeout_ms, 300000);
+	config_free(cfg);
+
+	cfg = load_ok(LISTENER("a", "10465")
+	    "max_per_client = 20          ; the spec's words\n"
+	    "rate_per_client: 5\n"
+	    "plaintext_timeout = 90s\n"
+	    LISTENER("b", "10466")
+	    "max_per_client = 1000000\n"
+	    "rate_per_client = 0\n"
+	    "plaintext_timeout = 1500ms\n");
+	l = &cfg->listeners[0];
+	assert_int_equal(l->max_per_client, 20);
+	assert_int_equal(l->rate_per_client, 5);
+	assert_int_equal(l->plaintext_timeout_ms, 90000);
+	l = &cfg->listeners[1];
+	assert_int_equal(l->max_per_client, 1000000);
+	assert_int_equal(l->rate_per_client, 0);
+	assert_int_equal(l->plaintext_timeout_ms, 1500);
+	config_free(cfg);
+
+	load_fails(LISTENER("a", "10465")
+	    "max_per_client = -1\n"
+	    "rate_per_client = 10/s\n"
+	    "plaintext_timeout = 0\n"
+	    "max_per_client = 5\n",
+	    "F:7: max_per_client: invalid value \"-1\": expected a number from "
+	    "0 (no limit) to 1000000\n"
+	    "F:8: rate_per_client: invalid value \"10/s\": expected a number "
+	    "from 0 (no limit) to 1000000\n"
+	    "F:9: plaintext_timeout: invalid value \"0\": must be more than "
+	    "zero\n"
+	    "F:10: duplicate key \"max_per_client\" (first at line 7)\n");
+	load_fails(LISTENER("a", "10465")
+	    "max_per_client = 1000001\n"
+	    "rate_per_client = 1e3\n"
+	    "[global]\n"
+	    "max_per_client = 1\n",
+	    "F:7: max_per_client: invalid value \"1000001\": expected a number "
+	    "from 0 (no limit) to 1000000\n"
+	    "F:8: rate_per_client: invalid value \"1e3\": expected a number "
+	    "from 0 (no limit) to 1000000\n"
+	    "F:10: key \"max_per_client\" belongs in a listener section, not "
+	    "[global]\n");
+}
+
 int
 main(void)
 {
@@ -1394,6 +1452,7 @@ main(void)
 		cmocka_unit_test(test_proto_name),
 		cmocka_unit_test(test_free_null),
 		cmocka_unit_test(test_fixture_files),
+		cmocka_unit_test(test_client_limits),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));

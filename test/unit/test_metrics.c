@@ -200,6 +200,9 @@ writers_on_threads(void **state)
 	"(STARTTLS, handshake, verification).", "counter")
 #define HT_BYTES HELP_TYPE("mailtlsd_bytes_total",			\
 	"Plaintext bytes relayed, by direction.", "counter")
+#define HT_CLIMIT HELP_TYPE("mailtlsd_client_limit_refusals_total",	\
+	"Connections refused because their client address was over a "	\
+	"limit, by limit.", "counter")
 #define HT_NOTAFTER HELP_TYPE("mailtlsd_cert_not_after_seconds",	\
 	"Expiry (not_after) of each certificate served, in seconds since "\
 	"the Unix epoch; the earliest one when several share a subject.",\
@@ -265,6 +268,15 @@ static const char expected_text[] =
 	"direction=\"client_to_backend\"} 1234567890123\n"
 	"mailtlsd_bytes_total{listener=\"" ODD_LABEL "\","
 	"direction=\"backend_to_client\"} 42\n"
+	HT_CLIMIT
+	"mailtlsd_client_limit_refusals_total{listener=\"smtps\","
+	"limit=\"max_per_client\"} 300\n"
+	"mailtlsd_client_limit_refusals_total{listener=\"smtps\","
+	"limit=\"rate_per_client\"} 0\n"
+	"mailtlsd_client_limit_refusals_total{listener=\"" ODD_LABEL "\","
+	"limit=\"max_per_client\"} 0\n"
+	"mailtlsd_client_limit_refusals_total{listener=\"" ODD_LABEL "\","
+	"limit=\"rate_per_client\"} 9\n"
 	HT_NOTAFTER
 	HT_RELOADS;
 
@@ -298,6 +310,9 @@ exposition_is_byte_exact(void **state)
 	metrics_add(m, 0, 1, METRIC_BYTES_IN, INT64_C(1234567890000));
 	metrics_add(m, 2, 1, METRIC_BYTES_IN, 123);
 	metrics_add(m, 1, 1, METRIC_BYTES_OUT, 42);
+	metrics_add(m, 0, 0, METRIC_CLIMIT_MAX, 100);
+	metrics_add(m, 2, 0, METRIC_CLIMIT_MAX, 200);
+	metrics_add(m, 1, 1, METRIC_CLIMIT_RATE, 9);
 
 	memset(&src, 0, sizeof(src));
 	src.metrics = m;
@@ -330,7 +345,7 @@ exposition_without_counters(void **state)
 	    HT_BUILD "mailtlsd_build_info{version=\"v\",gnutls=\"\","
 	    "libuv=\"\"} 1\n"
 	    HT_CONN HT_ACTIVE HT_HS HT_HSF HT_STARTTLS HT_BACKEND HT_BYTES
-	    HT_NOTAFTER HT_RELOADS);
+	    HT_CLIMIT HT_NOTAFTER HT_RELOADS);
 	free(text);
 }
 
