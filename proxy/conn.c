@@ -1870,7 +1870,8 @@ conn_start(struct worker *w, struct listener *l, int fd,
 
 	/* Over its limits, a client costs no more than this. */
 	if (!trusted_proxy(lc, peer) && climit_gate(l->climit, lc, fd, peer,
-	    &ticket, w->metrics, (size_t)w->id, l->index) != CLIMIT_OK)
+	    &ticket, worker_metrics(w), (size_t)worker_id(w),
+	    l->index) != CLIMIT_OK)
 		return (0);
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		goto err0;
