@@ -1,6 +1,6 @@
 /*
- * Unit tests for the POP3 handler: byte-exact transcripts through a model of
- * conn's framing (test/fuzz/proto_driver.h).
+ * Unit tests for the POP3 handler: byte-exact transcripts through the
+ * session engine (proxy/session.c), the code conn.c runs.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -117,7 +117,7 @@ test_stls_ordering(void **state)
 	B("+OK injected\r\n");
 	TO_CLIENT("");
 
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	B("+OK Dovecot ready.\r\n");
 	TO_CLIENT("");
 	C("CAPA\r\n");
@@ -228,7 +228,7 @@ test_stls_refusals(void **state)
 	greet();
 	C("STLS now\r\n");
 	TO_CLIENT("-ERR STLS takes no arguments\r\n");
-	pdrv_free(&d);
+	transcript_free();
 	start(0, 0, 0);
 	greet();
 	C("CAPA\r\n");
@@ -264,7 +264,7 @@ test_tls_ready_err_greeting(void **state)
 	start(1, 0, 1);
 	greet();
 	C("STLS\r\n");
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	assert_string_equal(proto_pop3_ops.strstate(d.st), "greeting");
 	B("-ERR [SYS/TEMP] busy\r\n");
 	TO_CLIENT("+OK Begin TLS negotiation\r\n"
