@@ -105,6 +105,14 @@ int session_parsing(const struct session *);
 size_t session_footprint(const struct session *);
 
 /**
+ * session_made(s, p):
+ * 1 if the action bytes at ${p} were written by the engine or the handler
+ * (a reply, a rewrite) rather than passed on from a side (for the fuzzers'
+ * order checks).
+ */
+int session_made(const struct session *, const char *);
+
+/**
  * session_proto_state(s):
  * The handler's state (for its unit tests).
  */

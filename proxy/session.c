@@ -702,6 +702,13 @@ session_footprint(const struct session *s)
 	    s->viewcap * sizeof(*s->view));
 }
 
+int
+session_made(const struct session *s, const char *p)
+{
+
+	return (s->arena != NULL && p >= s->arena && p < s->arena + s->alen);
+}
+
 void *
 session_proto_state(const struct session *s)
 {

@@ -7,9 +7,10 @@
  *    TLS is up (CVE-2011-0411: nothing after the STARTTLS line survives);
  *  - before TLS with require_tls the backend gets nothing but whole lines
  *    of allowed commands;
- *  - backend bytes reach the client in the order they came;
- *  - after TLS the fresh backend gets only what the client sent after TLS
- *    (plus what the handler wrote itself, at most a reply's size per line);
+ *  - bytes passed on (not written by the handler) are the sender's own,
+ *    in the order it sent them, each at most once: replies keep their
+ *    order, and after TLS the fresh backend gets only what the client sent
+ *    after TLS (and the client only what the new backend sent);
  *  - memory stays bounded;
  *  - STARTTLS happens only on a STARTTLS listener, and only once.
  *
@@ -42,9 +43,10 @@ struct sf {
 	int			 tls;		/* after STARTTLS, TLS is up */
 	int			 closed;
 	int			 starttls_seen;
-	uint64_t		 post_in;	/* client bytes after TLS */
-	uint64_t		 post_lines;
-	uint64_t		 post_out;	/* bytes to the new backend */
+	/* What each side sent (since TLS), and how far it was passed on. */
+	uint8_t			*sent[2];
+	size_t			 nsent[2];
+	size_t			 cursor[2];
 };
 
 static inline enum config_proto
@@ -74,6 +76,32 @@ sf_require_allowed(const struct sf *f, const char *p, size_t len)
 		p += n;
 		len -= n;
 	}
+}
+
+static inline void
+sf_record(struct sf *f, enum proto_side side, const uint8_t *p, size_t len)
+{
+
+	if (len == 0)
+		return;
+	if ((f->sent[side] = realloc(f->sent[side], f->nsent[side] + len)) ==
+	    NULL)
+		abort();
+	memcpy(f->sent[side] + f->nsent[side], p, len);
+	f->nsent[side] += len;
+}
+
+/* Passed-on bytes from ${from}: its own, in order, each at most once. */
+static inline void
+sf_in_order(struct sf *f, enum proto_side from, const char *p, size_t len)
+{
+	const uint8_t *hit;
+
+	hit = memmem(f->sent[from] + f->cursor[from], f->nsent[from] -
+	    f->cursor[from], p, len);
+	if (hit == NULL)
+		abort();
+	f->cursor[from] = (size_t)(hit - f->sent[from]) + len;
 }
 
 /*
@@ -106,12 +134,12 @@ sf_check(struct sf *f, enum proto_side side, const char *in, size_t len)
 			f->closed = 1;
 			continue;
 		}
-		if (a[i].kind == SESSION_TO_BACKEND) {
-			if (f->opts.starttls && f->opts.require_tls && !f->tls)
-				sf_require_allowed(f, a[i].data, a[i].len);
-			if (f->tls)
-				f->post_out += a[i].len;
-		}
+		if (a[i].kind == SESSION_TO_BACKEND && f->opts.starttls &&
+		    f->opts.require_tls && !f->tls)
+			sf_require_allowed(f, a[i].data, a[i].len);
+		if (!session_made(f->s, a[i].data))
+			sf_in_order(f, a[i].kind == SESSION_TO_BACKEND ?
+			    PROTO_CLIENT : PROTO_BACKEND, a[i].data, a[i].len);
 		/* Backend bytes passed straight on keep their order. */
 		if (a[i].kind == SESSION_TO_CLIENT && side == PROTO_BACKEND &&
 		    a[i].data >= in && a[i].data < in + len) {
@@ -120,25 +148,10 @@ sf_check(struct sf *f, enum proto_side side, const char *in, size_t len)
 			bend = a[i].data + a[i].len;
 		}
 	}
-	if (f->tls && f->post_out > f->post_in +
-	    (f->post_lines + 1) * PROTO_OUT_MAX)
-		abort();	/* the new backend got older bytes */
 	if (session_footprint(f->s) > SF_MEMORY_MAX)
 		abort();
 	if (session_state(f->s) == NULL)
 		abort();
-}
-
-/* Count what the client sends after TLS (the bound on the new backend). */
-static inline void
-sf_count(struct sf *f, const uint8_t *p, size_t len)
-{
-	size_t i;
-
-	f->post_in += len;
-	for (i = 0; i < len; i++)
-		if (p[i] == '\n')
-			f->post_lines++;
 }
 
 static inline void
@@ -147,8 +160,7 @@ sf_input(struct sf *f, enum proto_side side, const uint8_t *p, size_t len)
 
 	if (f->closed || (side == PROTO_CLIENT && f->tlswait))
 		return;		/* conn discards these */
-	if (side == PROTO_CLIENT && f->tls)
-		sf_count(f, p, len);
+	sf_record(f, side, p, len);
 	if (side == PROTO_CLIENT)
 		(void)session_client(f->s, (const char *)p, len);
 	else
@@ -165,7 +177,18 @@ sf_tls_up(struct sf *f)
 	(void)session_client_tls(f->s);
 	f->tlswait = 0;
 	f->tls = 1;
+	/* A fresh backend: only what is sent from now on may pass. */
+	f->nsent[0] = f->nsent[1] = f->cursor[0] = f->cursor[1] = 0;
 	sf_check(f, PROTO_CLIENT, NULL, 0);
+}
+
+static inline void
+sf_free(struct sf *f)
+{
+
+	session_free(f->s);
+	free(f->sent[0]);
+	free(f->sent[1]);
 }
 
 /* The listener from a configuration byte. */
@@ -231,7 +254,7 @@ sf_chunks(const struct proto_ops *ops, int (*allowed)(const char *, size_t),
 			break;
 		}
 	}
-	session_free(f.s);
+	sf_free(&f);
 	return (0);
 }
 
@@ -288,7 +311,7 @@ sf_interleaved(const uint8_t *data, size_t size)
 		sc[side] += n;
 		left[side] -= n;
 	}
-	session_free(f.s);
+	sf_free(&f);
 	return (0);
 }
 

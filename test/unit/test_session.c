@@ -119,7 +119,7 @@ test_bare_cr_and_controls_before_tls(void **state)
 {
 	static const char *bad[] = {
 		"EHLO a\rMAIL FROM:<x@y>\r\n", "EHLO a\r\r\n", "EHLO a\x01\r\n",
-		"EHLO \x1b" "a\r\n", "EHLO a\x7f\r\n",
+		"EHLO \033a\r\n", "EHLO a\x7f\r\n",
 	};
 	size_t i;
 
