@@ -181,8 +181,8 @@ class EverySideEveryPhase(unittest.TestCase):
                                                          queued)
         if side == "client":
             c.sock.close()
-            gate.end.set()
             rec = d.wait_closed(before, what)
+            gate.end.set()
             self.assertEqual(rec["reason"], "client_closed", rec)
         else:
             gate.end.set()
