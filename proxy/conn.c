@@ -19,6 +19,7 @@
 #include "metrics.h"
 #include "proto.h"
 #include "proxyproto.h"
+#include "session.h"
 #include "tlsio.h"
 
 /*
@@ -63,7 +64,8 @@ struct side {
 	size_t		 queued;	/* bytes handed to libuv or pending */
 	struct wreq	*pend_head;	/* plaintext waiting for ready */
 	struct wreq	*pend_tail;
-	char		*lb;		/* bytes not yet handled by the parser */
+	char		*lb;		/* a PROXY header or a backend STARTTLS
+					   dialogue line being read */
 	size_t		 lblen;
 	size_t		 lbcap;
 	uint64_t	 bytes;		/* plaintext bytes received */
@@ -132,10 +134,7 @@ struct conn {
 	uint64_t		 close_deadline;
 	uint64_t		 last_active;
 	uint64_t		 backend_bytes;	/* from every backend */
-	const struct proto_ops	*ops;
-	void			*pst;
-	int			 parsing;
-	int			 hold;		/* client line held back */
+	struct session		*sess;		/* NULL: protocol = none */
 	int			 client_tls_up;
 	int			 starttls_used;
 	int			 hs_done;
@@ -166,19 +165,18 @@ static void	update_reading(struct conn *);
 static void	arm_timer(struct conn *);
 static void	finish(struct conn *, const char *);
 static void	maybe_close(struct conn *);
-static void	process(struct conn *, struct side *);
 static void	backend_connect(struct conn *);
-static void	on_client_plain(struct conn *, const char *, size_t);
+static void	deliver(struct conn *, struct side *, const char *, size_t);
 static void	proxy_header(struct conn *, const char *, size_t);
-static void	relay_read(struct conn *, struct side *, char *, size_t);
-static void	format_peer(const struct sockaddr *, char *, size_t);
-static void	on_backend_plain(struct conn *, struct side *, const char *,
+static void	relay_read(struct conn *, struct side *, const char *,
 		    size_t);
+static void	format_peer(const struct sockaddr *, char *, size_t);
 static void	backend_unavailable(struct conn *, const char *);
 static void	backend_ready(struct conn *, struct side *);
 static void	backend_dialogue(struct conn *, struct side *, const char *,
 		    size_t);
 static void	settle(struct conn *);
+static void	start_client_tls(struct conn *);
 
 /* "" for a name that is not there. */
 static const char *
@@ -395,15 +393,14 @@ side_read_stop(struct side *s)
 
 /*
  * While a client line is held back the client is still read, up to one
- * line's worth: enough to see it hang up (and end the session then) rather
- * than leave its end unread until idle_timeout, and bounded like the
- * parser's buffer.
+ * line's worth (the engine says): enough to see it hang up rather than
+ * leave its end unread until idle_timeout.
  */
 static int
 client_readable(const struct conn *c)
 {
 
-	return (!c->hold || c->client.lblen < c->ops->max_line);
+	return (c->sess == NULL || session_client_readable(c->sess));
 }
 
 /*
@@ -481,8 +478,8 @@ lb_free(struct side *s)
 }
 
 /*
- * Keep bytes for the parser.  The buffer holds at most a partial line and
- * one read's worth, since a side is not read while it holds a held line.
+ * Keep bytes of a PROXY header or of the backend's STARTTLS dialogue (the
+ * session engine keeps its own); bounded by ${cap}.
  */
 static int
 lb_append_cap(struct side *s, const char *data, size_t len, size_t cap)
@@ -506,14 +503,6 @@ lb_append_cap(struct side *s, const char *data, size_t len, size_t cap)
 	memcpy(s->lb + s->lblen, data, len);
 	s->lblen += len;
 	return (0);
-}
-
-static int
-lb_append(struct conn *c, struct side *s, const char *data, size_t len)
-{
-
-	return (lb_append_cap(s, data, len, c->ops->max_line +
-	    2 * WORKER_READ_CHUNK));
 }
 
 static void
@@ -607,7 +596,7 @@ conn_free(struct conn *c)
 	free(c->subject);
 	free(c->cn);
 	free(c->addrs);
-	free(c->pst);
+	session_free(c->sess);
 	free(c);
 }
 
@@ -905,9 +894,9 @@ side_eof(struct conn *c, struct side *s)
 	 * closes has said its last word (a reply to QUIT/LOGOUT, or a BYE).
 	 * What was received is delivered (finish lingers, bounded, for the
 	 * queued bytes and the close_notify), then the other side is closed,
-	 * whatever the parser still holds.  Opaque listeners keep half-close.
+	 * whatever the engine still holds.  Opaque listeners keep half-close.
 	 */
-	if (c->ops != NULL) {
+	if (c->sess != NULL) {
 		finish(c, s->is_client ? "client_closed" : "backend_closed");
 		return;
 	}
@@ -1015,8 +1004,8 @@ client_tls_ready(struct conn *c)
 	 * survives.  A new backend connection starts a fresh session there,
 	 * and the handler swallows its greeting.
 	 */
-	if (c->starttls_used && c->ops != NULL)
-		c->ops->tls_ready(c->pst);
+	if (c->starttls_used && c->sess != NULL)
+		(void)session_client_tls(c->sess);
 	backend_connect(c);
 }
 
@@ -1042,116 +1031,190 @@ client_hs_failed(struct conn *c, struct tlsio *t)
 	finish(c, "tls_handshake_failed");
 }
 
-/* Ciphertext from the client while TLS is being set up or up. */
-static void
-client_cipher(struct conn *c, const char *data, size_t len)
+/* The client's handshake advanced; 0 when it is done and all is well. */
+static int
+client_handshake(struct conn *c, const char *data, size_t len)
 {
-	struct tlsio *t = c->client.tls;
-	ssize_t n;
-	size_t off;
 	int rc;
 
-	if (c->phase == CONN_STARTTLS_HS && !c->client.hs_fed) {
+	c->hs_begun = 1;
+	hs_watch(&c->hsrec, (const unsigned char *)data, len);
+	rc = tlsio_handshake(c->client.tls);
+	if (rc == TLSIO_AGAIN)
+		return (-1);
+	if (rc == TLSIO_FAIL) {
+		client_hs_failed(c, c->client.tls);
+		return (-1);
+	}
+	client_tls_ready(c);
+	return (c->phase == CONN_CLOSING ? -1 : 0);
+}
+
+/* The backend's handshake advanced; 0 when it is done and all is well. */
+static int
+backend_handshake(struct conn *c, struct side *b)
+{
+	int rc;
+
+	rc = tlsio_handshake(b->tls);
+	if (rc == TLSIO_AGAIN)
+		return (-1);
+	if (rc == TLSIO_FAIL) {
+		backend_unavailable(c, tlsio_strerror(b->tls));
+		return (-1);
+	}
+	backend_ready(c, b);
+	return (c->phase == CONN_CLOSING || c->backend != b ? -1 : 0);
+}
+
+/*
+ * Ciphertext from side ${s}: the STARTTLS boundaries, then its TLS session,
+ * advancing a handshake.  Return 0 if application data may follow.
+ */
+static int
+tls_in(struct conn *c, struct side *s, const char *data, size_t len)
+{
+	const char *p;
+
+	if (s->is_client && c->phase == CONN_STARTTLS_HS && !s->hs_fed) {
 		/*
 		 * Plaintext the client pipelined after STARTTLS and that came
 		 * after our reply went out is discarded like the rest: a
 		 * ClientHello starts with a handshake record (0x16).
 		 */
-		const char *p = memchr(data, 0x16, len);
-
-		if (p == NULL)
-			return;
+		if ((p = memchr(data, 0x16, len)) == NULL)
+			return (-1);
 		len -= (size_t)(p - data);
 		data = p;
-		c->client.hs_fed = 1;
+		s->hs_fed = 1;
 	}
-	tlsio_feed(t, data, len);
-	if (!c->hs_done) {
-		c->hs_begun = 1;
-		hs_watch(&c->hsrec, (const unsigned char *)data, len);
-		rc = tlsio_handshake(t);
-		if (rc == TLSIO_AGAIN)
-			return;
-		if (rc == TLSIO_FAIL) {
-			client_hs_failed(c, t);
-			return;
+	if (!s->is_client && c->phase == CONN_BACKEND_TLS && s->bst != NULL &&
+	    !s->hs_fed) {
+		/*
+		 * After the go-ahead the backend's first byte must start a TLS
+		 * record (handshake or alert): anything else was injected,
+		 * whatever packet it came in.
+		 */
+		if ((unsigned char)data[0] != 0x16 &&
+		    (unsigned char)data[0] != 0x15) {
+			backend_unavailable(c, "data after the STARTTLS "
+			    "go-ahead (response injection)");
+			return (-1);
 		}
-		client_tls_ready(c);
-		if (c->phase == CONN_CLOSING)
-			return;
+		s->hs_fed = 1;
 	}
-	/*
-	 * Records are gathered until the buffer is full or the feed runs dry,
-	 * so that one read's worth of ciphertext becomes one write toward the
-	 * backend, not one per record.
-	 */
-	off = 0;
+	tlsio_feed(s->tls, data, len);
+	if (s->is_client && !c->hs_done)
+		return (client_handshake(c, data, len));
+	if (!s->is_client && c->phase == CONN_BACKEND_TLS)
+		return (backend_handshake(c, s));
+	return (0);
+}
+
+/* Whether what comes from ${s} still matters. */
+static int
+side_current(const struct conn *c, const struct side *s)
+{
+
+	return (c->phase != CONN_CLOSING && (s->is_client || c->backend == s));
+}
+
+/*
+ * Decrypt what side ${s}'s TLS session was fed and deliver it.  Records
+ * are gathered until the buffer is full or the feed runs dry, so that one
+ * read's worth of ciphertext becomes one write toward the other side, not
+ * one per record.  The same loop for both sides.
+ */
+static void
+tls_drain(struct conn *c, struct side *s)
+{
+	char *buf = worker_pbuf(c->w);
+	size_t off = 0, cap = WORKER_READ_CHUNK;
+	ssize_t n;
+
 	for (;;) {
-		n = tlsio_recv(t, worker_pbuf(c->w) + off,
-		    WORKER_READ_CHUNK - off);
-		if (n > 0 && (off += (size_t)n) < WORKER_READ_CHUNK)
+		n = tlsio_recv(s->tls, buf + off, cap - off);
+		if (n > 0 && (off += (size_t)n) < cap)
 			continue;
 		if (off > 0) {
-			on_client_plain(c, worker_pbuf(c->w), off);
+			deliver(c, s, buf, off);
 			off = 0;
-			if (c->phase == CONN_CLOSING || c->client.tls != t)
-				break;
+			if (!side_current(c, s))
+				return;
 			if (n > 0)
 				continue;
 		}
 		if (n == TLSIO_AGAIN)
-			break;
-		if (n == 0) {
-			side_eof(c, &c->client);
-			break;
+			return;
+		if (n == 0)
+			side_eof(c, s);
+		else {
+			snprintf(c->detail, sizeof(c->detail), "%s tls: %s",
+			    s->is_client ? "client" : "backend",
+			    tlsio_strerror(s->tls));
+			finish(c, s->is_client ? "client_error" :
+			    "backend_error");
 		}
-		if (n < 0) {
-			snprintf(c->detail, sizeof(c->detail), "client tls: %s",
-			    tlsio_strerror(t));
-			finish(c, "client_error");
-			break;
-		}
+		return;
 	}
-	/* Whatever is still fed is dropped here: the buffer goes away. */
-	tlsio_feed(t, NULL, 0);
 }
 
-/* Plaintext from the client, toward the backend. */
+/* Carry out what the session engine said, in order. */
 static void
-on_client_plain(struct conn *c, const char *data, size_t len)
+apply(struct conn *c)
 {
+	const struct session_action *a;
+	size_t i, n;
 
-	c->client.bytes += len;
-	count(c, METRIC_BYTES_IN, (int64_t)len);
-	if (!c->parsing) {
-		if (side_write(c->backend, data, len) < 0 &&
-		    c->backend != NULL && c->backend->dead)
-			finish(c, "backend_error");
-		return;
+	a = session_actions(c->sess, &n);
+	for (i = 0; i < n && c->phase != CONN_CLOSING; i++) {
+		switch (a[i].kind) {
+		case SESSION_TO_CLIENT:
+			(void)side_write(&c->client, a[i].data, a[i].len);
+			break;
+		case SESSION_TO_BACKEND:
+			(void)side_write(c->backend, a[i].data, a[i].len);
+			break;
+		case SESSION_START_TLS:
+			backend_drop(c);
+			start_client_tls(c);
+			break;
+		case SESSION_CLOSE:
+			if (a[i].detail[0] != '\0')
+				snprintf(c->detail, sizeof(c->detail), "%s",
+				    a[i].detail);
+			finish(c, a[i].reason);
+			break;
+		}
 	}
-	if (lb_append(c, &c->client, data, len) < 0) {
-		finish(c, "buffer_full");
-		return;
-	}
-	process(c, &c->client);
+	/* Failed writes are acted on by settle(). */
 }
 
+/*
+ * Plaintext from side ${s}: relayed as it is, or through the session
+ * engine on mail listeners.
+ */
 static void
-on_backend_plain(struct conn *c, struct side *b, const char *data, size_t len)
+deliver(struct conn *c, struct side *s, const char *data, size_t len)
 {
+	size_t n;
 
-	c->backend_bytes += len;
-	count(c, METRIC_BYTES_OUT, (int64_t)len);
-	if (!c->parsing) {
-		if (side_write(&c->client, data, len) < 0 && c->client.dead)
-			finish(c, "client_error");
+	if (s->is_client) {
+		c->client.bytes += len;
+		count(c, METRIC_BYTES_IN, (int64_t)len);
+	} else {
+		c->backend_bytes += len;
+		count(c, METRIC_BYTES_OUT, (int64_t)len);
+	}
+	if (c->sess == NULL || !session_parsing(c->sess)) {
+		(void)side_write(s->is_client ? c->backend : &c->client, data,
+		    len);
 		return;
 	}
-	if (lb_append(c, b, data, len) < 0) {
-		finish(c, "buffer_full");
-		return;
-	}
-	process(c, b);
+	n = s->is_client ? session_client(c->sess, data, len) :
+	    session_backend(c->sess, data, len);
+	if (n > 0)
+		apply(c);
 }
 
 static void
@@ -1184,99 +1247,30 @@ read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	settle(c);
 }
 
+/* Bytes read from side ${s}: where they go depends on the phase. */
 static void
-relay_read(struct conn *c, struct side *s, char *data, size_t nread)
+relay_read(struct conn *c, struct side *s, const char *data, size_t len)
 {
+	struct tlsio *t = s->tls;
 
-	if (s->is_client) {
-		switch (c->phase) {
-		case CONN_STARTTLS_FLUSH:
-			/* Pipelined after STARTTLS: never relayed nor parsed. */
-			return;
-		case CONN_PROXY_HDR:
-			proxy_header(c, data, nread);
-			return;
-		default:
-			break;
-		}
-		if (c->client.tls != NULL)
-			client_cipher(c, data, nread);
-		else
-			on_client_plain(c, data, nread);
-	} else {
-		ssize_t n;
-		size_t off;
-		int rc;
-
-		if (c->phase == CONN_BACKEND_STARTTLS) {
-			backend_dialogue(c, s, data, nread);
-			return;
-		}
-		if (s->tls == NULL) {
-			on_backend_plain(c, s, data, nread);
-			return;
-		}
-		if (c->phase == CONN_BACKEND_TLS && s->bst != NULL &&
-		    !s->hs_fed) {
-			/*
-			 * After the go-ahead the backend's first byte must
-			 * start a TLS record (handshake or alert): anything
-			 * else was injected, whatever packet it came in.
-			 */
-			if ((unsigned char)data[0] != 0x16 &&
-			    (unsigned char)data[0] != 0x15) {
-				backend_unavailable(c, "data after the STARTTLS "
-				    "go-ahead (response injection)");
-				return;
-			}
-			s->hs_fed = 1;
-		}
-		tlsio_feed(s->tls, data, nread);
-		if (c->phase == CONN_BACKEND_TLS) {
-			rc = tlsio_handshake(s->tls);
-			if (rc == TLSIO_AGAIN) {
-				tlsio_feed(s->tls, NULL, 0);
-				return;
-			}
-			if (rc == TLSIO_FAIL) {
-				backend_unavailable(c, tlsio_strerror(s->tls));
-				return;
-			}
-			backend_ready(c, s);
-			if (c->phase == CONN_CLOSING || c->backend != s)
-				return;
-		}
-		/* As from the client: one write per read, not per record. */
-		off = 0;
-		for (;;) {
-			n = tlsio_recv(s->tls, worker_pbuf(c->w) + off,
-			    WORKER_READ_CHUNK - off);
-			if (n > 0 && (off += (size_t)n) < WORKER_READ_CHUNK)
-				continue;
-			if (off > 0) {
-				on_backend_plain(c, s, worker_pbuf(c->w), off);
-				off = 0;
-				if (c->phase == CONN_CLOSING || c->backend != s)
-					break;
-				if (n > 0)
-					continue;
-			}
-			if (n == TLSIO_AGAIN)
-				break;
-			if (n == 0) {
-				side_eof(c, s);
-				break;
-			}
-			if (n < 0) {
-				snprintf(c->detail, sizeof(c->detail),
-				    "backend tls: %s", tlsio_strerror(s->tls));
-				finish(c, "backend_error");
-				break;
-			}
-		}
-		if (c->backend == s && s->tls != NULL)
-			tlsio_feed(s->tls, NULL, 0);
+	if (s->is_client && c->phase == CONN_STARTTLS_FLUSH)
+		return;		/* pipelined after STARTTLS: discarded */
+	if (s->is_client && c->phase == CONN_PROXY_HDR) {
+		proxy_header(c, data, len);
+		return;
 	}
+	if (!s->is_client && c->phase == CONN_BACKEND_STARTTLS) {
+		backend_dialogue(c, s, data, len);
+		return;
+	}
+	if (t == NULL) {
+		deliver(c, s, data, len);
+		return;
+	}
+	if (tls_in(c, s, data, len) == 0)
+		tls_drain(c, s);
+	/* Whatever is still fed is dropped here: the buffer goes away. */
+	tlsio_feed(t, NULL, 0);
 }
 
 static void
@@ -1311,172 +1305,6 @@ start_client_tls(struct conn *c)
 	update_reading(c);
 }
 
-/* Carry out a handler's verdict on one line from side ${s}. */
-static int
-verdict(struct conn *c, struct side *s, enum proto_verdict v, const char *line,
-    size_t len, const struct proto_out *out)
-{
-	struct side *to = s->is_client ? c->backend : &c->client;
-	int rc = 0;
-
-	switch (v) {
-	case PROTO_FORWARD:
-		rc = side_write(to, line, len);
-		break;
-	case PROTO_REWRITE:
-		rc = side_write(to, out->buf, out->len);
-		break;
-	case PROTO_REPLY:
-		rc = side_write(s, out->buf, out->len);
-		break;
-	case PROTO_DROP:
-	case PROTO_HOLD:
-		break;
-	case PROTO_PASSTHROUGH:
-		if (out->len > 0)
-			rc = side_write(to, out->buf, out->len);
-		else
-			rc = side_write(to, line, len);
-		c->parsing = 0;
-		c->hold = 0;
-		/* What the other side had buffered goes on as it is. */
-		if (rc == 0 && to != NULL && to->lblen > 0) {
-			rc = side_write(s, to->lb, to->lblen);
-			to->lblen = 0;
-		}
-		break;
-	case PROTO_STARTTLS:
-		(void)side_write(&c->client, out->buf, out->len);
-		/*
-		 * CVE-2011-0411: whatever the client sent after STARTTLS is
-		 * dropped, and the pre-TLS backend session with it.
-		 */
-		c->client.lblen = 0;
-		backend_drop(c);
-		start_client_tls(c);
-		return (-1);
-	case PROTO_CLOSE:
-		/* A backend line that closes tells the client, not the backend. */
-		if (out->len > 0)
-			(void)side_write(&c->client, out->buf, out->len);
-		else if (!s->is_client) {
-			char buf[512];
-			size_t n = proto_unavailable(c->lc->protocol,
-			    c->lc->hostname, buf, sizeof(buf));
-
-			(void)side_write(&c->client, buf, n);
-		}
-		finish(c, "protocol");
-		return (-1);
-	}
-	if (rc < 0 && (c->client.dead || (c->backend && c->backend->dead))) {
-		finish(c, c->client.dead ? "client_error" : "backend_error");
-		return (-1);
-	}
-	return (0);
-}
-
-/*
- * Feed the handler the lines (or opaque runs) buffered from side ${s}.
- * Handler verdicts may hold a client line back until the backend has
- * answered what came before it.
- */
-static void
-process(struct conn *c, struct side *s)
-{
-	struct side *to;
-	struct proto_out *out = worker_out(c->w);
-	enum proto_verdict v;
-	size_t raw, len, limit, max = c->ops->max_line;
-	/* A NUL byte closes only while the client is still in plaintext. */
-	int plain = c->lc->client_tls != CONFIG_TLS_IMPLICIT &&
-	    !c->client_tls_up;
-	const char *p, *eol;
-	int side = s->is_client ? PROTO_CLIENT : PROTO_BACKEND;
-
-	while (s->lblen > 0 && c->phase != CONN_CLOSING) {
-		if (s->is_client && c->hold)
-			break;
-		if (c->phase == CONN_STARTTLS_FLUSH ||
-		    c->phase == CONN_STARTTLS_HS)
-			break;
-		to = s->is_client ? c->backend : &c->client;
-		if (!c->parsing) {
-			/* Passthrough from here on: the rest goes as it is. */
-			if (side_write(to, s->lb, s->lblen) < 0 &&
-			    to != NULL && to->dead) {
-				finish(c, "write_error");
-				return;
-			}
-			lb_free(s);
-			break;
-		}
-		p = s->lb;
-		raw = c->ops->raw(c->pst, side, s->lblen);
-		if (raw > 0) {
-			if (raw > s->lblen)
-				raw = s->lblen;
-			if (side_write(to, p, raw) < 0 && to != NULL &&
-			    to->dead) {
-				finish(c, "write_error");
-				return;
-			}
-			lb_consume(s, raw);
-			continue;
-		}
-		eol = memchr(p, '\n', s->lblen > max ? max : s->lblen);
-		len = eol != NULL ? (size_t)(eol - p) + 1 : s->lblen;
-		if (plain && memchr(p, '\0', len) != NULL) {
-			snprintf(c->detail, sizeof(c->detail), "NUL byte from %s",
-			    s->is_client ? "client" : "backend");
-			finish(c, "nul_byte");
-			return;
-		}
-		if (eol == NULL) {
-			/*
-			 * Do not wait for the end of a line that is already
-			 * too long for the handler to take.
-			 */
-			limit = c->ops->line_limit(c->pst, side);
-			if (limit > max)
-				limit = max;
-			if (s->lblen >= limit) {
-				snprintf(c->detail, sizeof(c->detail),
-				    "%s line longer than %zu octets",
-				    s->is_client ? "client" : "backend",
-				    limit);
-				finish(c, "line_too_long");
-			}
-			break;
-		}
-		out->len = 0;
-		v = c->ops->line(c->pst, side, p, len, out);
-		if (v == PROTO_HOLD) {
-			c->hold = 1;
-			update_reading(c);
-			break;
-		}
-		if (verdict(c, s, v, p, len, out) < 0)
-			return;
-		if (s->lblen >= len)
-			lb_consume(s, len);
-		if (!s->is_client && c->hold) {
-			/* The backend answered: offer the held line again. */
-			c->hold = 0;
-			process(c, &c->client);
-			update_reading(c);
-			/* STARTTLS may have dropped this backend meanwhile. */
-			if (c->backend != s)
-				return;
-		}
-	}
-	if (!c->parsing) {
-		lb_free(&c->client);
-		if (c->backend != NULL)
-			lb_free(c->backend);
-	}
-}
-
 /*
  * The backend takes plaintext now: show the client the greeting kept from
  * a STARTTLS dialogue, and send what the client said meanwhile.
@@ -1495,8 +1323,8 @@ backend_ready(struct conn *c, struct side *b)
 	if (b->bst != NULL) {
 		g = bstls_greeting(b->bst, &glen);
 		if (glen > 0) {
-			on_backend_plain(c, b, g, glen);
-			if (c->phase == CONN_CLOSING)
+			deliver(c, b, g, glen);
+			if (c->phase == CONN_CLOSING || c->backend != b)
 				return;
 		}
 		free(b->bst);
@@ -1521,9 +1349,6 @@ backend_ready(struct conn *c, struct side *b)
 	}
 	arm_timer(c);
 	update_reading(c);
-	/* Client bytes that arrived with the handshake can go now. */
-	if (c->parsing && c->client.lblen > 0)
-		process(c, &c->client);
 }
 
 /* Start TLS toward the backend (implicit, or after its go-ahead). */
@@ -1748,7 +1573,7 @@ start_session(struct conn *c, const char *rest, size_t len)
 		arm_timer(c);
 		update_reading(c);
 		if (len > 0)
-			client_cipher(c, rest, len);
+			relay_read(c, &c->client, rest, len);
 		break;
 	case CONFIG_TLS_STARTTLS:
 	case CONFIG_TLS_NONE:
@@ -1762,7 +1587,7 @@ start_session(struct conn *c, const char *rest, size_t len)
 			c->hs_deadline = c->t_start + lc->handshake_timeout_ms;
 		backend_connect(c);
 		if (len > 0 && c->phase != CONN_CLOSING)
-			on_client_plain(c, rest, len);
+			deliver(c, &c->client, rest, len);
 		break;
 	}
 }
@@ -1853,6 +1678,24 @@ format_peer(const struct sockaddr *sa, char *buf, size_t len)
 		snprintf(buf, len, "local");
 }
 
+/* The session engine for a mail listener's connection. */
+static struct session *
+new_session(struct worker *w, const struct listener *l)
+{
+	const struct config_listener *lc = l->conf;
+	struct session_conf sc;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.ops = l->proto;
+	sc.opts.starttls = lc->client_tls == CONFIG_TLS_STARTTLS;
+	sc.opts.client_on_tls = lc->client_tls == CONFIG_TLS_IMPLICIT;
+	sc.opts.require_tls = lc->require_tls;
+	sc.opts.hostname = lc->hostname;
+	sc.proto = lc->protocol;
+	sc.out = worker_out(w);
+	return (session_new(&sc));
+}
+
 /**
  * conn_start(w, l, fd, peer, peerlen):
  * Take over the accepted socket ${fd} from ${peer} and start serving it on
@@ -1864,7 +1707,6 @@ conn_start(struct worker *w, struct listener *l, int fd,
 {
 	const struct config_listener *lc = l->conf;
 	struct conn *c;
-	struct proto_opts po;
 	uint32_t ticket = 0;
 	int sslen;
 
@@ -1885,16 +1727,8 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	c->client.ready = 1;
 	c->t_start = c->last_active = uv_now(worker_loop(w));
 	format_peer(peer, c->peer, sizeof(c->peer));
-	if ((c->ops = l->proto) != NULL) {
-		if ((c->pst = calloc(1, c->ops->state_size)) == NULL)
-			goto err1;
-		po.starttls = lc->client_tls == CONFIG_TLS_STARTTLS;
-		po.client_on_tls = lc->client_tls == CONFIG_TLS_IMPLICIT;
-		po.require_tls = lc->require_tls;
-		po.hostname = lc->hostname;
-		c->ops->init(c->pst, &po);
-		c->parsing = 1;
-	}
+	if (l->proto != NULL && (c->sess = new_session(w, l)) == NULL)
+		goto err1;
 	if (lc->proxy_protocol != CONFIG_PP_NONE &&
 	    (c->addrs = calloc(1, sizeof(*c->addrs))) == NULL)
 		goto err2;
@@ -1952,7 +1786,7 @@ err3:
 	return (-1);
 err2:
 	free(c->addrs);
-	free(c->pst);
+	session_free(c->sess);
 err1:
 	free(c);
 err0:

@@ -49,7 +49,10 @@ class Daemon:
     """One mailtlsd with /metrics, for one scenario."""
 
     def __init__(self, tc, listeners, **glob):
+        used = {v["listen"] for v in listeners.values()}
         self.mport = mtd.free_port()
+        while "%s:%d" % (LOOPBACK, self.mport) in used:
+            self.mport = mtd.free_port()
         glob = dict({"log_level": "info"}, **glob)
         cfg = mtd.daemon_conf(listeners, metrics="%s:%d" %
                               (LOOPBACK, self.mport), **glob)
@@ -178,8 +181,8 @@ class EverySideEveryPhase(unittest.TestCase):
                                                          queued)
         if side == "client":
             c.sock.close()
-            gate.end.set()
             rec = d.wait_closed(before, what)
+            gate.end.set()
             self.assertEqual(rec["reason"], "client_closed", rec)
         else:
             gate.end.set()

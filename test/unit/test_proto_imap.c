@@ -1,6 +1,6 @@
 /*
- * Unit tests for the IMAP handler: byte-exact transcripts through a model of
- * conn's framing (test/fuzz/proto_driver.h).
+ * Unit tests for the IMAP handler: byte-exact transcripts through the
+ * session engine (proxy/session.c), the code conn.c runs.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -171,7 +171,7 @@ test_starttls(void **state)
 	B("* OK [ALERT] injected\r\n");
 	TO_CLIENT("");
 
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	B(DOVECOT_GREETING);
 	TO_CLIENT("");
 	C("c CAPABILITY\r\n");
@@ -199,7 +199,7 @@ test_tls_ready_bye(void **state)
 	greet();
 	C("a STARTTLS\r\n");
 	TO_CLIENT("a OK Begin TLS negotiation now\r\n");
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	B("* BYE [UNAVAILABLE] too many connections\r\n");
 	TO_CLIENT("* BYE [UNAVAILABLE] Service not available\r\n");
 	assert_true(d.closed);
@@ -231,7 +231,6 @@ test_sync_literal_direct_reoffer(void **state)
 
 	(void)state;
 	start(0, 1, 1);
-	d.reoffer_direct = 1;
 	greet();
 	C("a LOGIN {12}\r\nb STARTTLS\r\n pass\r\nc STARTTLS\r\n");
 	B("+ go\r\n");
@@ -456,11 +455,11 @@ test_literal_binary(void **state)
 	start(0, 1, 1);
 	greet();
 	/* Raw bytes, NUL included: never split into lines. */
-	pdrv_feed(&d, PROTO_CLIENT, c1, sizeof(c1) - 1);
+	transcript_feed(PROTO_CLIENT, c1, sizeof(c1) - 1);
 	assert_false(d.closed);
 	assert_int_equal(d.to[PROTO_BACKEND].len, sizeof(c1) - 1);
 	assert_memory_equal(d.to[PROTO_BACKEND].p, c1, sizeof(c1) - 1);
-	pdrv_feed(&d, PROTO_BACKEND, b1, sizeof(b1) - 1);
+	transcript_feed(PROTO_BACKEND, b1, sizeof(b1) - 1);
 	assert_false(d.closed);
 	assert_int_equal(d.to[PROTO_CLIENT].len, sizeof(b1) - 1);
 	assert_memory_equal(d.to[PROTO_CLIENT].p, b1, sizeof(b1) - 1);
@@ -478,7 +477,7 @@ test_sasl_ir_before_tls(void **state)
 	B("* CAPABILITY IMAP4rev1 SASL-IR ID AUTH=PLAIN\r\na OK done\r\n");
 	TO_CLIENT("* CAPABILITY IMAP4rev1 ID STARTTLS LOGINDISABLED\r\n"
 	    "a OK done\r\n");
-	pdrv_free(&d);
+	transcript_free();
 
 	/* Without require_tls, and after TLS, it stays. */
 	start(1, 0, 0);
@@ -487,7 +486,7 @@ test_sasl_ir_before_tls(void **state)
 	B("* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN\r\na OK done\r\n");
 	TO_CLIENT("* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN STARTTLS\r\n"
 	    "a OK done\r\n");
-	pdrv_free(&d);
+	transcript_free();
 	start(0, 1, 1);
 	greet();
 	C("a CAPABILITY\r\n");

@@ -1,6 +1,6 @@
 /*
- * Unit tests for the POP3 handler: byte-exact transcripts through a model of
- * conn's framing (test/fuzz/proto_driver.h).
+ * Unit tests for the POP3 handler: byte-exact transcripts through the
+ * session engine (proxy/session.c), the code conn.c runs.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -117,7 +117,7 @@ test_stls_ordering(void **state)
 	B("+OK injected\r\n");
 	TO_CLIENT("");
 
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	B("+OK Dovecot ready.\r\n");
 	TO_CLIENT("");
 	C("CAPA\r\n");
@@ -228,7 +228,7 @@ test_stls_refusals(void **state)
 	greet();
 	C("STLS now\r\n");
 	TO_CLIENT("-ERR STLS takes no arguments\r\n");
-	pdrv_free(&d);
+	transcript_free();
 	start(0, 0, 0);
 	greet();
 	C("CAPA\r\n");
@@ -264,7 +264,7 @@ test_tls_ready_err_greeting(void **state)
 	start(1, 0, 1);
 	greet();
 	C("STLS\r\n");
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	assert_string_equal(proto_pop3_ops.strstate(d.st), "greeting");
 	B("-ERR [SYS/TEMP] busy\r\n");
 	TO_CLIENT("+OK Begin TLS negotiation\r\n"
@@ -304,23 +304,23 @@ test_apop_timestamp_before_tls(void **state)
 	C("APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n");
 	TO_CLIENT("-ERR Must issue STLS first\r\n");
 	TO_BACKEND("");
-	pdrv_free(&d);
+	transcript_free();
 
 	/* Text after it stays; a greeting of "<" alone is left alone. */
 	start(1, 0, 1);
 	B("+OK <1.2@x> hello\r\n");
 	TO_CLIENT("+OK hello\r\n");
-	pdrv_free(&d);
+	transcript_free();
 	start(1, 0, 1);
 	B("+OK a < b\r\n");
 	TO_CLIENT("+OK a < b\r\n");
-	pdrv_free(&d);
+	transcript_free();
 
 	/* Without require_tls, and on an implicit listener: unchanged. */
 	start(1, 0, 0);
 	B(g);
 	TO_CLIENT(g);
-	pdrv_free(&d);
+	transcript_free();
 	start(0, 1, 1);
 	B(g);
 	TO_CLIENT(g);

@@ -1,6 +1,6 @@
 /*
- * Unit tests for the SMTP handler: byte-exact transcripts through a model of
- * conn's framing (test/fuzz/proto_driver.h).
+ * Unit tests for the SMTP handler: byte-exact transcripts through the
+ * session engine (proxy/session.c), the code conn.c runs.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -199,7 +199,7 @@ test_starttls(void **state)
 	B("250 injected\r\n");
 	TO_CLIENT("");
 
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	/* RFC 3207 4.2: the fresh backend's greeting is swallowed. */
 	B("220-mx.example.com ESMTP\r\n220 more\r\n");
 	TO_CLIENT("");
@@ -461,7 +461,7 @@ test_long_line_before_tls(void **state)
 	assert_true(d.closed);
 
 	/* 512 octets exactly is fine. */
-	pdrv_free(&d);
+	transcript_free();
 	start(1, 0, 1);
 	greet();
 	line[510] = '\r';
@@ -513,7 +513,7 @@ test_tls_ready_bad_greeting(void **state)
 	greet();
 	C("STARTTLS\r\n");
 	TO_CLIENT("220 2.0.0 Ready to start TLS\r\n");
-	pdrv_tls_ready(&d);
+	transcript_tls_ready();
 	assert_string_equal(proto_smtp_ops.strstate(d.st), "greeting");
 	B("554 5.3.2 busy\r\n");
 	assert_true(d.closed);
@@ -570,7 +570,7 @@ test_bdat_binary(void **state)
 	start(0, 1, 1);
 	greet();
 	/* The chunk is raw, NUL bytes included. */
-	pdrv_feed(&d, PROTO_CLIENT, c1, sizeof(c1) - 1);
+	transcript_feed(PROTO_CLIENT, c1, sizeof(c1) - 1);
 	assert_false(d.closed);
 	assert_int_equal(d.to[PROTO_BACKEND].len, sizeof(c1) - 1);
 	assert_memory_equal(d.to[PROTO_BACKEND].p, c1, sizeof(c1) - 1);
@@ -625,7 +625,7 @@ test_xclient_refused(void **state)
 		B("250 2.0.0 Ok\r\n");
 		TO_CLIENT("250 2.0.0 Ok\r\n");
 		assert_false(d.closed);
-		pdrv_free(&d);
+		transcript_free();
 	}
 }
 
