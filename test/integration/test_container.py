@@ -457,8 +457,14 @@ class Container(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
 
     def test_2_health_check(self):
-        mtd.wait_for(lambda: self.inspect("{{.State.Health.Status}}") ==
-                     "healthy", 30 * SLOW, 0.5, "the container to be healthy")
+        try:
+            mtd.wait_for(lambda: self.inspect("{{.State.Health.Status}}") ==
+                         "healthy", 30 * SLOW, 0.5,
+                         "the container to be healthy")
+        except HarnessError as e:
+            # the probes' own output says why
+            raise HarnessError("%s\n--- health: %s" % (
+                e, self.inspect("{{json .State.Health}}")))
         hc = "/usr/local/bin/mailtlsd-healthcheck"
         p = self.d.docker(["exec", self.name, hc])
         self.assertEqual(p.returncode, 0, p.stderr)
