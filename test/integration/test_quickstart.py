@@ -21,6 +21,7 @@ free ports with -c so that the test never depends on fixed ports.
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -256,8 +257,18 @@ class Demo(unittest.TestCase):
             os.setgid(65534)
             os.setuid(65534)
         conf, _ = quickstart_conf()
-        os.chmod(os.path.dirname(conf), 0o755)
-        p = run_quickstart(["--demo", "-c", conf], preexec=nobody)
+        # the same script, where the user can reach it (a checkout under
+        # /root is not)
+        d = os.path.dirname(conf)
+        os.chmod(d, 0o755)
+        os.chmod(conf, 0o644)
+        script = os.path.join(d, "quickstart.sh")
+        shutil.copy(QUICKSTART, script)
+        os.chmod(script, 0o755)
+        p = subprocess.run([script, "--demo", "-c", conf],
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=60 * SLOW, env=env(),
+                           preexec_fn=nobody, cwd="/")
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
         self.assertIn("sudo ./quickstart.sh --demo", p.stderr)
         self.assertEqual(p.stdout, "")
