@@ -41,127 +41,133 @@
 #   MAILTLSD_TEST_DEBIAN_MIRROR  the mirror debootstrap uses
 set -euo pipefail
 
-src=$(cd "$(dirname "$0")/.." && pwd)
-which=${1:-both}
-case $which in
-quickstart-then-ci | ci-alone | both) ;;
-*)
-	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
-	exit 2
-	;;
-esac
+# All in one function, read whole before it runs: editing this file while it
+# runs (it takes a while) cannot derail it.
+main() {
+	src=$(cd "$(dirname "$0")/.." && pwd)
+	which=${1:-both}
+	case $which in
+	quickstart-then-ci | ci-alone | both) ;;
+	*)
+		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+		exit 2
+		;;
+	esac
 
-if [ "$(id -u)" -ne 0 ]; then
-	if command -v sudo >/dev/null 2>&1; then
-		exec sudo --preserve-env=FRESH_MACHINE_DIR,FRESH_APT_CACHE,FRESH_KEEP,MAILTLSD_TEST_CACHE,MAILTLSD_TEST_DEBIAN_MIRROR \
-			"$src/test/fresh-machine.sh" "$@"
-	fi
-	echo "fresh-machine.sh: must run as root (debootstrap, chroot)" >&2
-	exit 1
-fi
-for t in debootstrap unshare chroot git tar python3; do
-	command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || {
-		echo "fresh-machine.sh: $t is missing (.ci/run installs it)" >&2
-		exit 1
-	}
-done
-
-cache=${MAILTLSD_TEST_CACHE:-/var/cache/mailtlsd-test}
-workdir=${FRESH_MACHINE_DIR:-/var/tmp}
-aptcache=${FRESH_APT_CACHE:-$cache/fresh-apt}
-head=$(git -C "$src" rev-parse HEAD)
-if [ -n "$(git -C "$src" status --porcelain --untracked-files=no)" ]; then
-	echo "fresh-machine.sh: note: uncommitted changes are not tested" \
-		"(the clone is of HEAD $head)" >&2
-fi
-
-say() { printf '[fresh-machine] %s\n' "$*"; }
-
-# The base root: test_container.py's cached debootstrap tarball.
-say "base root: debootstrap --variant=minbase bookworm (cached in $cache)"
-tar=$(MAILTLSD_TEST_CACHE=$cache PYTHONPATH="$src/test/helpers:$src/test/integration" \
-	python3 -c 'import test_container as t; print(t.rootfs_tarball())' |
-	tail -n 1)
-[ -f "$tar" ] || { say "no rootfs tarball ($tar)"; exit 1; }
-
-# scenario NAME COMMAND...: a fresh root, the clone, the commands in order
-# (stopping at the first that fails).
-scenario() {
-	local name=$1
-	shift
-	local base root log rc=0
-	base=$(mktemp -d "$workdir/mailtlsd-fresh-$name.XXXXXX")
-	root=$base/root
-	log=$base.log
-	mkdir "$root"
-	say "$name: fresh root $root (log $log)"
-	tar -C "$root" --numeric-owner -xf "$tar"
-	cp /etc/resolv.conf "$root/etc/resolv.conf"
-	[ -s "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
-	git clone -q --no-checkout "$src" "$root/root/mailtlsd"
-	git -C "$root/root/mailtlsd" checkout -q "$head"
-	local binds=()
-	if [ "$aptcache" != no ]; then
-		mkdir -p "$aptcache/partial" "$root/var/cache/apt/archives"
-		binds+=("$aptcache:/var/cache/apt/archives")
-	fi
-	mkdir -p "$cache" "$root/var/cache/mailtlsd-test"
-	binds+=("$cache:/var/cache/mailtlsd-test")
-
-	# The commands, timed, inside the root.
-	{
-		echo 'cd /root/mailtlsd'
-		for c in "$@"; do
-			printf 'say() { printf "[fresh-machine] %%s\\n" "$*" | tee -a /dev/fd/3; }\n'
-			printf 't0=$(date +%%s); say %q\n' "$name: \$ $c"
-			printf 'rc=0; %s </dev/null || rc=$?\n' "$c"
-			printf 'say "%s: %s: exit $rc after $(( $(date +%%s) - t0 ))s"\n' "$name" "$c"
-			printf '[ $rc -eq 0 ] || exit $rc\n'
-		done
-	} >"$root/fresh-machine-run.sh"
-
-	local bind_cmds=""
-	for b in "${binds[@]}"; do
-		bind_cmds+="mount --bind '${b%%:*}' '$root${b#*:}'; "
-	done
-	# A mount point of its own as /, so that the runc inside can pivot_root;
-	# /proc of the new PID namespace; the host's /sys and /dev.
-	unshare --mount --pid --fork --kill-child --propagation private -- \
-		bash -c "set -e
-			mount --bind '$root' '$root'
-			mount -t proc proc '$root/proc'
-			mount --rbind /sys '$root/sys'
-			mount --rbind /dev '$root/dev'
-			mount -t tmpfs -o mode=0755 tmpfs '$root/run'
-			$bind_cmds
-			exec chroot '$root' /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
-				TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-				bash /fresh-machine-run.sh" 3>&1 >"$log" 2>&1 || rc=$?
-	if [ $rc -ne 0 ]; then
-		say "$name: FAILED (exit $rc); the end of $log:"
-		tail -n 60 "$log"
-	else
-		say "$name: passed"
-	fi
-	if [ "${FRESH_KEEP:-}" = 1 ]; then
-		say "$name: root kept in $root"
-	else
-		# nothing is mounted there any more: the namespace is gone
-		if grep -qF " $root" /proc/self/mounts; then
-			say "$name: something is still mounted under $root: left in place"
-		else
-			rm -rf "$base"
+	if [ "$(id -u)" -ne 0 ]; then
+		if command -v sudo >/dev/null 2>&1; then
+			exec sudo --preserve-env=FRESH_MACHINE_DIR,FRESH_APT_CACHE,FRESH_KEEP,MAILTLSD_TEST_CACHE,MAILTLSD_TEST_DEBIAN_MIRROR \
+				"$src/test/fresh-machine.sh" "$@"
 		fi
+		echo "fresh-machine.sh: must run as root (debootstrap, chroot)" >&2
+		exit 1
 	fi
-	return $rc
+	for t in debootstrap unshare chroot git tar python3; do
+		command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || {
+			echo "fresh-machine.sh: $t is missing (.ci/run installs it)" >&2
+			exit 1
+		}
+	done
+
+	cache=${MAILTLSD_TEST_CACHE:-/var/cache/mailtlsd-test}
+	workdir=${FRESH_MACHINE_DIR:-/var/tmp}
+	aptcache=${FRESH_APT_CACHE:-$cache/fresh-apt}
+	head=$(git -C "$src" rev-parse HEAD)
+	if [ -n "$(git -C "$src" status --porcelain --untracked-files=no)" ]; then
+		echo "fresh-machine.sh: note: uncommitted changes are not tested" \
+			"(the clone is of HEAD $head)" >&2
+	fi
+
+	say() { printf '[fresh-machine] %s\n' "$*"; }
+
+	# The base root: test_container.py's cached debootstrap tarball.
+	say "base root: debootstrap --variant=minbase bookworm (cached in $cache)"
+	tar=$(MAILTLSD_TEST_CACHE=$cache PYTHONPATH="$src/test/helpers:$src/test/integration" \
+		python3 -c 'import test_container as t; print(t.rootfs_tarball())' |
+		tail -n 1)
+	[ -f "$tar" ] || { say "no rootfs tarball ($tar)"; exit 1; }
+
+	# scenario NAME COMMAND...: a fresh root, the clone, the commands in order
+	# (stopping at the first that fails).
+	scenario() {
+		local name=$1
+		shift
+		local base root log rc=0
+		base=$(mktemp -d "$workdir/mailtlsd-fresh-$name.XXXXXX")
+		root=$base/root
+		log=$base.log
+		mkdir "$root"
+		say "$name: fresh root $root (log $log)"
+		tar -C "$root" --numeric-owner -xf "$tar"
+		cp /etc/resolv.conf "$root/etc/resolv.conf"
+		[ -s "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+		git clone -q --no-checkout "$src" "$root/root/mailtlsd"
+		git -C "$root/root/mailtlsd" checkout -q "$head"
+		local binds=()
+		if [ "$aptcache" != no ]; then
+			mkdir -p "$aptcache/partial" "$root/var/cache/apt/archives"
+			binds+=("$aptcache:/var/cache/apt/archives")
+		fi
+		mkdir -p "$cache" "$root/var/cache/mailtlsd-test"
+		binds+=("$cache:/var/cache/mailtlsd-test")
+
+		# The commands, timed, inside the root.
+		{
+			echo 'cd /root/mailtlsd'
+			for c in "$@"; do
+				printf 'say() { printf "[fresh-machine] %%s\\n" "$*" | tee -a /dev/fd/3; }\n'
+				printf 't0=$(date +%%s); say %q\n' "$name: \$ $c"
+				printf 'rc=0; %s </dev/null || rc=$?\n' "$c"
+				printf 'say "%s: %s: exit $rc after $(( $(date +%%s) - t0 ))s"\n' "$name" "$c"
+				printf '[ $rc -eq 0 ] || exit $rc\n'
+			done
+		} >"$root/fresh-machine-run.sh"
+
+		local bind_cmds=""
+		for b in "${binds[@]}"; do
+			bind_cmds+="mount --bind '${b%%:*}' '$root${b#*:}'; "
+		done
+		# A mount point of its own as /, so that the runc inside can pivot_root;
+		# /proc of the new PID namespace; the host's /sys and /dev.
+		unshare --mount --pid --fork --kill-child --propagation private -- \
+			bash -c "set -e
+				mount --bind '$root' '$root'
+				mount -t proc proc '$root/proc'
+				mount --rbind /sys '$root/sys'
+				mount --rbind /dev '$root/dev'
+				mount -t tmpfs -o mode=0755 tmpfs '$root/run'
+				$bind_cmds
+				exec chroot '$root' /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
+					TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+					bash /fresh-machine-run.sh" 3>&1 >"$log" 2>&1 || rc=$?
+		if [ $rc -ne 0 ]; then
+			say "$name: FAILED (exit $rc); the end of $log:"
+			tail -n 60 "$log"
+		else
+			say "$name: passed"
+		fi
+		if [ "${FRESH_KEEP:-}" = 1 ]; then
+			say "$name: root kept in $root"
+		else
+			# nothing is mounted there any more: the namespace is gone
+			if grep -qF " $root" /proc/self/mounts; then
+				say "$name: something is still mounted under $root: left in place"
+			else
+				rm -rf "$base"
+			fi
+		fi
+		return $rc
+	}
+
+	status=0
+	if [ "$which" = quickstart-then-ci ] || [ "$which" = both ]; then
+		scenario quickstart-then-ci "./quickstart.sh --check" ".ci/run" ||
+			status=1
+	fi
+	if [ "$which" = ci-alone ] || [ "$which" = both ]; then
+		scenario ci-alone ".ci/run" || status=1
+	fi
+	exit $status
 }
 
-status=0
-if [ "$which" = quickstart-then-ci ] || [ "$which" = both ]; then
-	scenario quickstart-then-ci "./quickstart.sh --check" ".ci/run" ||
-		status=1
-fi
-if [ "$which" = ci-alone ] || [ "$which" = both ]; then
-	scenario ci-alone ".ci/run" || status=1
-fi
-exit $status
+main "$@"
