@@ -6,9 +6,9 @@
 # bookworm` (the tarball that test/integration/test_container.py caches in
 # /var/cache/mailtlsd-test, made now if missing or older than 30 days), a
 # clean clone of this repository's HEAD (commit first: uncommitted changes
-# are not in it) at /root/mailtlsd, and then, as root in a chroot of its own
-# (new mount and PID namespaces; the host's network, so apt-get reaches the
-# mirror):
+# are not in it) at /root/mailtlsd, and then, as root in that root
+# (new mount and PID namespaces, the root made / by pivot_root; the host's
+# network, so apt-get reaches the mirror):
 #
 #   quickstart-then-ci   ./quickstart.sh --check   then   .ci/run
 #   ci-alone             .ci/run
@@ -24,9 +24,9 @@
 # it runs CI twice over (an hour or more on 2 cores).
 #
 # Everything runs inside as on a real machine, the container test too: its
-# dockerd (--bridge=none, --network host containers) works in the chroot,
-# which is why / there is a mount point of its own and /sys and /dev are
-# the host's.  The roots share the host's network, so their loopback tests
+# dockerd (--bridge=none, --network host containers) works in the root,
+# which is why the root is made / with pivot_root (in a chroot, `docker
+# exec` would run in the host's /) and /sys and /dev are the host's.  The roots share the host's network, so their loopback tests
 # pick free ports like any other test.
 #
 # Environment:
@@ -59,10 +59,10 @@ main() {
 			exec sudo --preserve-env=FRESH_MACHINE_DIR,FRESH_APT_CACHE,FRESH_KEEP,MAILTLSD_TEST_CACHE,MAILTLSD_TEST_DEBIAN_MIRROR \
 				"$src/test/fresh-machine.sh" "$@"
 		fi
-		echo "fresh-machine.sh: must run as root (debootstrap, chroot)" >&2
+		echo "fresh-machine.sh: must run as root (debootstrap, namespaces)" >&2
 		exit 1
 	fi
-	for t in debootstrap unshare chroot git tar python3; do
+	for t in debootstrap unshare pivot_root git tar python3; do
 		command -v $t >/dev/null 2>&1 || [ -x /usr/sbin/$t ] || {
 			echo "fresh-machine.sh: $t is missing (.ci/run installs it)" >&2
 			exit 1
@@ -127,7 +127,10 @@ main() {
 		for b in "${binds[@]}"; do
 			bind_cmds+="mount --bind '${b%%:*}' '$root${b#*:}'; "
 		done
-		# A mount point of its own as /, so that the runc inside can pivot_root;
+		# The fresh root becomes / of a mount namespace of its own by
+		# pivot_root, not chroot: a chrooted dockerd's `docker exec` would
+		# run in the host's / (setns(2) starts from the namespace's root
+		# mount), so the container test's health check could not run.
 		# /proc of the new PID namespace; the host's /sys and /dev.
 		unshare --mount --pid --fork --kill-child --propagation private -- \
 			bash -c "set -e
@@ -137,7 +140,13 @@ main() {
 				mount --rbind /dev '$root/dev'
 				mount -t tmpfs -o mode=0755 tmpfs '$root/run'
 				$bind_cmds
-				exec chroot '$root' /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
+				mkdir -p '$root/.old-root'
+				cd '$root'
+				pivot_root . .old-root
+				cd /
+				umount -l /.old-root
+				rmdir /.old-root
+				exec /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
 					TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 					bash /fresh-machine-run.sh" 3>&1 >"$log" 2>&1 || rc=$?
 		if [ $rc -ne 0 ]; then
