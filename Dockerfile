@@ -68,11 +68,13 @@ RUN apt-get update -q \
 COPY --from=build /out/usr/sbin/mailtlsd /usr/sbin/mailtlsd
 COPY --from=build /out/usr/share/doc/mailtlsd/examples/ /usr/share/doc/mailtlsd/examples/
 COPY docker/mailtlsd-healthcheck /usr/local/bin/mailtlsd-healthcheck
+COPY docker/mailtlsd-entrypoint /usr/local/bin/mailtlsd-entrypoint
 
 RUN if [ "$NET_BIND_CAP" = yes ]; then \
 	setcap cap_net_bind_service=+ep /usr/sbin/mailtlsd; fi \
  && apt-get purge -y -q --auto-remove libcap2-bin \
  && chmod 0755 /usr/local/bin/mailtlsd-healthcheck \
+	/usr/local/bin/mailtlsd-entrypoint \
  && /usr/sbin/mailtlsd --version
 
 ENV MAILTLSD_CONFIG=/etc/mailtlsd/mailtlsd.conf
@@ -84,5 +86,9 @@ STOPSIGNAL SIGTERM
 # (mailtlsd-healthcheck reads $MAILTLSD_CONFIG to find them).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
 	CMD ["/usr/local/bin/mailtlsd-healthcheck"]
-ENTRYPOINT ["/usr/sbin/mailtlsd"]
+# The entry point execs /usr/sbin/mailtlsd with the arguments; with
+# MAILTLSD_AUTO_CERT=yes (examples/compose) a listener whose certificate or
+# key file is missing serves a throw-away self-signed one (cert = auto) and
+# the log says so, instead of the start-up error.
+ENTRYPOINT ["/usr/local/bin/mailtlsd-entrypoint"]
 CMD ["-c", "/etc/mailtlsd/mailtlsd.conf"]

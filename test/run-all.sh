@@ -6,6 +6,10 @@
 #      `ctest -L fuzz`
 # Every stage runs even if an earlier one failed; the exit status is non-zero
 # if any stage failed.  Set JOBS to change build parallelism.
+#
+# Every stage passes -DBUILD_TESTING=ON itself: a build directory configured
+# without tests (by hand, or by an older quickstart.sh, which now builds in
+# build-quickstart/) must not turn into "No tests were found".
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,7 +25,7 @@ stage() {
 	local name=$1 dir=$2 ctest_args=$3
 	shift 4
 	section "$name: configure ($dir)"
-	if ! cmake -S . -B "$dir" "$@"; then
+	if ! cmake -S . -B "$dir" -DBUILD_TESTING=ON "$@"; then
 		failed+=("$name: configure")
 		return
 	fi

@@ -8,6 +8,13 @@ implicit TLS and over STARTTLS, reload a renewed certificate in the mounted
 volume with `docker kill -s HUP`, and `docker stop` it while a session is
 open: the session finishes and the container exits 0.
 
+examples/compose's "no certificate yet" path: with MAILTLSD_AUTO_CERT=yes,
+a read-only root and a tmpfs /tmp (as compose.yaml runs it) and an empty
+certificate volume, the container says so in its log, serves a throw-away
+self-signed certificate for the configured hostname and relays mail; with a
+certificate in the volume it serves that one; without the variable a
+missing certificate is still the start-up error it was.
+
 This machine has no registry and no bridge networking, so the test starts a
 dockerd of its own (`dockerd --iptables=false --bridge=none`, a private
 socket and data root) and stops it again by its PID; the base image is
@@ -450,8 +457,14 @@ class Container(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
 
     def test_2_health_check(self):
-        mtd.wait_for(lambda: self.inspect("{{.State.Health.Status}}") ==
-                     "healthy", 30 * SLOW, 0.5, "the container to be healthy")
+        try:
+            mtd.wait_for(lambda: self.inspect("{{.State.Health.Status}}") ==
+                         "healthy", 30 * SLOW, 0.5,
+                         "the container to be healthy")
+        except HarnessError as e:
+            # the probes' own output says why
+            raise HarnessError("%s\n--- health: %s" % (
+                e, self.inspect("{{json .State.Health}}")))
         hc = "/usr/local/bin/mailtlsd-healthcheck"
         p = self.d.docker(["exec", self.name, hc])
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -565,6 +578,122 @@ class Container(unittest.TestCase):
         self.assertEqual(cut, [], "sessions cut at shutdown_timeout")
         self.assertRegex(logs, r"SIGTERM")
         self.assertRegex(logs, r'"event":"shutdown".*stopped')
+
+
+def x509_text(der):
+    p = mtd.run([mtd.need_tool("openssl"), "x509", "-inform", "DER",
+                 "-noout", "-subject", "-issuer", "-ext", "subjectAltName"],
+                input=der, timeout=30)
+    if p.returncode != 0:
+        raise HarnessError("openssl x509: %s" % p.stderr)
+    return p.stdout
+
+
+class AutoCert(unittest.TestCase):
+    """MAILTLSD_AUTO_CERT=yes, as examples/compose runs the image."""
+
+    COMPOSE_LIKE = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+                    "--cap-add", "NET_BIND_SERVICE", "--security-opt",
+                    "no-new-privileges:true"]
+
+    def start(self, certdir, env=("MAILTLSD_AUTO_CERT=yes",), wait=True):
+        confdir = mtd.tempdir("mtd-ctr-auto-conf-")
+        names = Container.LISTENERS
+        ports = mtd.free_ports(len(names) + 1)
+        self.ports = dict(zip(names, ports))
+        text, _ = example_config(self.ports, ports[-1])
+        with open(os.path.join(confdir, "mailtlsd.conf"), "w") as f:
+            f.write(text)
+        name = "mtd-auto-%s" % uuid.uuid4().hex[:8]
+        args = ["run", "-d", "--name", name, "--network", "host"]
+        for e in env:
+            args += ["-e", e]
+        args += self.COMPOSE_LIKE + [
+            "-v", "%s:/etc/mailtlsd:ro" % confdir,
+            "-v", "%s:/etc/ssl/mailtlsd:ro" % certdir, _image]
+        p = _dockerd.docker(args, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.addCleanup(_dockerd.docker, ["rm", "-f", name], 60)
+        self.name = name
+        if wait:
+            def up():
+                st = self.inspect("{{.State.Running}}")
+                if st == "false":
+                    raise HarnessError("the container exited (%s):\n%s" % (
+                        self.inspect("{{.State.ExitCode}}"), self.logs()))
+                return all(mtd.port_accepts(p) for p in ports)
+            mtd.wait_for(up, 30 * SLOW, 0.05, "the container's listeners")
+        return name
+
+    def inspect(self, fmt):
+        return _dockerd.docker(["inspect", "-f", fmt, self.name],
+                               timeout=30).stdout.strip()
+
+    def logs(self):
+        p = _dockerd.docker(["logs", self.name], timeout=30)
+        return p.stdout + p.stderr
+
+    def test_empty_cert_volume_serves_a_throw_away_cert_and_says_so(self):
+        certdir = mtd.tempdir("mtd-ctr-auto-certs-", 0o755)
+        self.start(certdir)
+        logs = self.logs()
+        said = [l for l in logs.splitlines()
+                if l.startswith("mailtlsd-entrypoint: no certificate")]
+        self.assertEqual(len(said), 1, logs)
+        self.assertIn("/etc/ssl/mailtlsd/fullchain.pem is missing", said[0])
+        self.assertIn("for %s" % HOSTNAME, said[0])
+        for name in Container.LISTENERS:
+            self.assertIn(name, said[0])
+        self.assertIn('"event":"cert_auto"', logs)
+        # a self-signed certificate for the configured hostname
+        with mtd.TlsConn(self.ports["imaps"], server_hostname=HOSTNAME,
+                         ctx=mtd.client_context(verify=False)) as c:
+            der = c.peer_cert_der()
+        text = x509_text(der)
+        subject = re.search(r"(?m)^subject=(.*)$", text).group(1)
+        issuer = re.search(r"(?m)^issuer=(.*)$", text).group(1)
+        self.assertEqual(subject, issuer, text)
+        self.assertIn(HOSTNAME, text)
+        # and mail goes through it
+        rs = _servers
+        tok = "ctr-auto-" + uuid.uuid4().hex
+        rcpt = rs.address("dave")
+        with smtplib.SMTP(LOOPBACK, self.ports["submission"],
+                          timeout=30 * SLOW) as s:
+            s.ehlo("client.example.org")
+            s.starttls(context=mtd.client_context(verify=False))
+            s.ehlo("client.example.org")
+            self.assertEqual(s.sendmail(
+                "sender@example.org", [rcpt],
+                "Subject: %s\r\n\r\nauto cert\r\n" % tok), {})
+        rs.wait_delivered("dave", tok)
+        # the mounted configuration was not touched; the process is mailtlsd
+        self.assertEqual(self.inspect("{{.State.Running}}"), "true")
+        pid = int(self.inspect("{{.State.Pid}}"))
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        self.assertEqual(argv[0], b"/usr/sbin/mailtlsd", argv)
+
+    def test_a_certificate_in_the_volume_is_served(self):
+        certdir = mtd.tempdir("mtd-ctr-auto-real-", 0o750)
+        os.chown(certdir, 0, UID)
+        pair = mtd.certs().issue("container-auto", names=(HOSTNAME,
+                                                          "localhost"))
+        install_pair(certdir, pair)
+        self.start(certdir)
+        self.assertNotIn("mailtlsd-entrypoint", self.logs())
+        self.assertNotIn('"event":"cert_auto"', self.logs())
+        self.assertEqual(served_der(self.ports["imaps"]),
+                         leaf_der(pair.cert))
+
+    def test_without_the_variable_a_missing_certificate_is_an_error(self):
+        certdir = mtd.tempdir("mtd-ctr-auto-none-", 0o755)
+        self.start(certdir, env=(), wait=False)
+        mtd.wait_for(lambda: self.inspect("{{.State.Running}}") == "false",
+                     30 * SLOW, 0.2, "the container to exit")
+        self.assertNotEqual(self.inspect("{{.State.ExitCode}}"), "0")
+        self.assertIn("fullchain.pem", self.logs())
+        self.assertNotIn('"event":"cert_auto"', self.logs())
 
 
 if __name__ == "__main__":

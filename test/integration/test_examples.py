@@ -9,6 +9,11 @@ The deployment files under examples/ and the installation:
     configuration (ports, mounts, probes, names);
   * the Compose file is accepted by `docker-compose config`, and the
     Postfix and Dovecot configurations beside it by postconf and doveconf;
+    it runs the image so that an empty certs/ gets a throw-away
+    certificate (MAILTLSD_AUTO_CERT, a tmpfs /tmp), and the image's entry
+    point, run here on the Compose configuration with no certificate
+    files, makes every listener `cert = auto` and says so (the container
+    test runs it in the image);
   * the systemd unit is sandboxed as documented and passes
     `systemd-analyze verify`;
   * `cmake --install` into a temporary prefix installs the binary, both man
@@ -442,6 +447,84 @@ class Compose(unittest.TestCase):
         self.assertGreater(int(m["stop_grace_period"].rstrip("s")),
                            int(st.rstrip("s")))
         self.assertEqual(m.get("stop_signal", "SIGTERM"), "SIGTERM")
+        # no certificate yet: a throw-away one (docker/mailtlsd-entrypoint
+        # writes the changed configuration to a tmpfs /tmp)
+        env = m["environment"]
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env)
+        self.assertEqual(str(env["MAILTLSD_AUTO_CERT"]), "yes")
+        self.assertIn("/tmp", m["tmpfs"])
+        self.assertTrue(m["read_only"])
+        docker = read(os.path.join(source_dir(), "Dockerfile"))
+        self.assertRegex(docker, r'(?m)^ENTRYPOINT \["/usr/local/bin/'
+                         r'mailtlsd-entrypoint"\]$')
+
+
+class ComposeAutoCert(unittest.TestCase):
+    """docker/mailtlsd-entrypoint on examples/compose's configuration, with
+    this build's binary in place of /usr/sbin/mailtlsd and the certificate
+    directory empty."""
+
+    ENTRYPOINT = os.path.join(source_dir(), "docker", "mailtlsd-entrypoint")
+
+    def setUp(self):
+        self.dir = mtd.tempdir("mtd-ex-auto-")
+        self.certdir = os.path.join(self.dir, "certs")
+        os.mkdir(self.certdir)
+        text = read(examples("compose", "mailtlsd", "mailtlsd.conf"))
+        text = text.replace("/etc/ssl/mailtlsd/", self.certdir + "/")
+        ports = iter(mtd.free_ports(8))
+        text = re.sub(r"(?m)^(listen|metrics)\s*=.*$", lambda m: "%s = "
+                      "127.0.0.1:%d" % (m.group(1), next(ports)), text)
+        self.conf = os.path.join(self.dir, "mailtlsd.conf")
+        with open(self.conf, "w") as f:
+            f.write(text)
+        self.text = text
+
+    def run_entrypoint(self, auto):
+        env = dict(os.environ, MAILTLSD_EXEC=mtd.mailtlsd_bin(),
+                   TMPDIR=self.dir)
+        env.pop("MAILTLSD_AUTO_CERT", None)
+        if auto:
+            env["MAILTLSD_AUTO_CERT"] = "yes"
+        return mtd.run([self.ENTRYPOINT, "-t", "-c", self.conf], env=env,
+                       timeout=60)
+
+    def test_missing_certificates_become_cert_auto_and_the_log_says_so(self):
+        p = self.run_entrypoint(True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        said = [l for l in p.stderr.splitlines()
+                if l.startswith("mailtlsd-entrypoint: no certificate")]
+        self.assertEqual(len(said), 1, p.stderr)
+        self.assertIn("for mail.example.org", said[0])
+        self.assertIn("fullchain.pem is missing", said[0])
+        for sec in parse_conf(self.text):
+            if sec != "global":
+                self.assertIn(sec, said[0])
+        auto = read(os.path.join(self.dir, "mailtlsd-auto-cert.conf"))
+        conf = parse_conf(auto)
+        self.assertEqual(set(values(conf, "cert")), {"auto"})
+        self.assertEqual(values(conf, "key"), [])
+        self.assertEqual(len(values(conf, "cert")),
+                         len(values(conf, "listen")))
+        # the mounted file is left as it was
+        self.assertEqual(read(self.conf), self.text)
+
+    def test_present_certificates_are_kept(self):
+        pair = mtd.certs().server_ecdsa
+        shutil.copy(pair.chain, os.path.join(self.certdir, "fullchain.pem"))
+        shutil.copy(pair.key, os.path.join(self.certdir, "privkey.pem"))
+        p = self.run_entrypoint(True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertNotIn("mailtlsd-entrypoint", p.stderr)
+        self.assertFalse(os.path.exists(os.path.join(
+            self.dir, "mailtlsd-auto-cert.conf")))
+
+    def test_without_the_variable_a_missing_certificate_is_an_error(self):
+        p = self.run_entrypoint(False)
+        self.assertNotEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("fullchain.pem", p.stdout + p.stderr)
+        self.assertNotIn("mailtlsd-entrypoint", p.stderr)
 
     def test_postfix_and_dovecot_configs_parse(self):
         postconf = mtd.need_tool("postconf")
