@@ -132,6 +132,7 @@ struct config {
 	struct config_addr	 metrics;
 	uint64_t		 shutdown_timeout_ms;
 	char			*ticket_key_file;
+	int			 backend_check;	/* try each backend at start-up */
 	struct config_listener	*listeners;
 	size_t			 nlisteners;
 };

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "config.h"
 #include "proto.h"
 #include "tlsio.h"
@@ -22,6 +23,7 @@ struct listener {
 	int				 backend_tls;	/* btls is set up */
 	struct tlsio_client_ctx		 btls;
 	atomic_uint			 nconns;	/* over all workers */
+	struct backend_pool		*pool;		/* where sessions go */
 };
 
 /**

@@ -98,6 +98,7 @@ enum gkey {
 	GK_METRICS,
 	GK_SHUTDOWN_TIMEOUT,
 	GK_TICKET_KEY_FILE,
+	GK_BACKEND_CHECK,
 	GK_COUNT
 };
 
@@ -1028,6 +1029,8 @@ static const struct keydef gkeys[GK_COUNT] = {
 	    G(shutdown_timeout_ms), 0 },
 	[GK_TICKET_KEY_FILE] = { "ticket_key_file", parse_string,
 	    G(ticket_key_file), 0 },
+	[GK_BACKEND_CHECK] = { "backend_check", parse_bool, G(backend_check),
+	    0 },
 };
 #undef G
 
@@ -1603,6 +1606,7 @@ config_load(const char *path, FILE *errf)
 	cfg->log_level = CONFIG_LOG_INFO;
 	cfg->log_format = CONFIG_LOG_TEXT;
 	cfg->shutdown_timeout_ms = DEFAULT_SHUTDOWN_MS;
+	cfg->backend_check = 1;
 
 	rc = ini_parse_stream(reader, &p, handler, &p);
 	if (p.enomem || rc == -2)

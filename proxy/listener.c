@@ -67,6 +67,11 @@ listener_setup(struct listener *l, const struct config_listener *conf,
 	l->conf = conf;
 	l->proto = proto_find(conf->protocol);
 	atomic_init(&l->nconns, 0);
+	if ((l->pool = backend_pool_new(conf)) == NULL) {
+		fprintf(errf, "%s:%d: listener %s: out of memory\n", cfgpath,
+		    conf->line, conf->name);
+		return (-1);
+	}
 	if (conf->backend_tls != CONFIG_TLS_NONE &&
 	    backend_setup(l, conf, cfgpath, errf) < 0)
 		return (-1);
@@ -117,6 +122,8 @@ void
 listener_teardown(struct listener *l)
 {
 
+	backend_pool_free(l->pool);
+	l->pool = NULL;
 	if (l->tls.prio != NULL)
 		gnutls_priority_deinit(l->tls.prio);
 	certs_slot_free(l->tls.slot);

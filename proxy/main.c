@@ -14,6 +14,7 @@
 #include <gnutls/gnutls.h>
 #include <uv.h>
 
+#include "backend.h"
 #include "certs.h"
 #include "config.h"
 #include "listener.h"
@@ -148,6 +149,7 @@ all_done_check(uv_async_t *as)
 	uv_close((uv_handle_t *)&m->sigint, close_cb);
 	uv_close((uv_handle_t *)&m->sighup, close_cb);
 	uv_close((uv_handle_t *)&m->done_async, close_cb);
+	backend_resolver_stop();
 	metrics_http_stop(m->mhttp);
 	m->mhttp = NULL;
 	reloader_free(m->reloader);
@@ -174,6 +176,7 @@ signal_cb(uv_signal_t *s, int signum)
 	    "SIGINT", (unsigned long long)m->cfg->shutdown_timeout_ms);
 	for (i = 0; i < m->nws; i++)
 		worker_stop(m->ws[i]);
+	backend_resolver_stop();
 	/*
 	 * Their handles must close for the main loop to end; the endpoint
 	 * reads the reloader, so it goes first.
@@ -291,6 +294,10 @@ run(struct mainctx *m)
 	}
 	if (cfg->has_metrics && start_metrics(m) < 0)
 		exit(EXIT_STARTUP);
+	if (backend_resolver_start(m->loop, cfg->backend_check) < 0) {
+		log_err("start", "cannot start the backend resolver");
+		exit(EXIT_STARTUP);
+	}
 	for (j = 0; j < cfg->nlisteners; j++) {
 		const struct config_listener *l = &cfg->listeners[j];
 
@@ -360,6 +367,8 @@ main(int argc, char *argv[])
 		return (EXIT_CONFIG);
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* Before anything uses libuv's threadpool, which reads it once. */
+	backend_threadpool_setup();
 	memset(&m, 0, sizeof(m));
 	if ((m.cfg = config_load(path, stderr)) == NULL)
 		return (EXIT_CONFIG);
@@ -375,6 +384,8 @@ main(int argc, char *argv[])
 		goto out;
 	}
 	if (check) {
+		/* Not an error: a service may come up after us. */
+		(void)backend_check(m.cfg, stderr);
 		printf("%s: configuration and certificates OK\n", path);
 		rc = 0;
 		goto out;
