@@ -336,12 +336,12 @@ metrics_http_render(const struct metrics_src *src, size_t *len)
 	sb_label(&b, "libuv", src->libuv != NULL ? src->libuv : "", 0);
 	sb_puts(&b, "} 1\n");
 	render_counters(&b, src);
-	render_certs(&b, src->reloader);
 	/* Per backend address: up, attempts, failures (backend.c). */
 	if ((bt = backend_metrics_render(&btlen)) != NULL) {
 		sb_put(&b, bt, btlen);
 		free(bt);
 	}
+	render_certs(&b, src->reloader);
 	if (b.failed) {
 		free(b.p);
 		return (NULL);
