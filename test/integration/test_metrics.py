@@ -482,6 +482,9 @@ class ScriptedCounts(unittest.TestCase):
             "mailtlsd_bytes_total": "counter",
             "mailtlsd_cert_not_after_seconds": "gauge",
             "mailtlsd_cert_reloads_total": "counter",
+            "mailtlsd_backend_up": "gauge",
+            "mailtlsd_backend_attempts_total": "counter",
+            "mailtlsd_backend_failures_total": "counter",
         })
         ((_, labels), value), = fams["mailtlsd_build_info"][
             "samples"].items()
