@@ -131,6 +131,14 @@ void backend_threadpool_setup(void);
 int backend_resolver_start(uv_loop_t *, int);
 
 /**
+ * backend_resolver_wait(ms):
+ * Run the resolver's loop until every name has been looked up once, or for
+ * at most ${ms} milliseconds: called at start-up before the workers accept,
+ * so that the first clients do not find their backend's name unresolved.
+ */
+void backend_resolver_wait(uint64_t);
+
+/**
  * backend_resolver_stop():
  * Stop the resolver: cancel lookups and probes and close its handles (the
  * loop must run on for their callbacks).

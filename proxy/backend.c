@@ -454,7 +454,7 @@ backend_pick(struct backend_pool *p, struct backend_try *t,
 	uint64_t now = now_ms();
 	unsigned start = 0;
 	struct cand *c;
-	size_t i;
+	size_t i, n;
 	int s, rc = -1, want = 0;
 
 	uv_mutex_lock(&p->mu);
@@ -497,7 +497,10 @@ backend_pick(struct backend_pool *p, struct backend_try *t,
 	t->tried |= (uint64_t)1 << s;
 	t->slot = s;
 	t->serial = c->serial;
-	snprintf(t->addr, sizeof(t->addr), "%s", c->text);
+	/* Only for logs: a long unix path may be cut short. */
+	n = strnlen(c->text, sizeof(t->addr) - 1);
+	memcpy(t->addr, c->text, n);
+	t->addr[n] = '\0';
 	memset(&out->ss, 0, sizeof(out->ss));
 	memcpy(&out->ss, &c->ss, c->sslen);
 	out->sslen = c->sslen;
@@ -950,6 +953,68 @@ backend_resolver_start(uv_loop_t *loop, int probe)
 	uv_mutex_unlock(&R.mu);
 	tick();
 	return (0);
+}
+
+/* 1 once every name of every pool has had its first answer. */
+static int
+first_round_done(void)
+{
+	struct backend_pool *p;
+	size_t i;
+	int done = 1;
+
+	uv_mutex_lock(&R.mu);
+	for (p = R.pools; p != NULL && done; p = p->next) {
+		uv_mutex_lock(&p->mu);
+		for (i = 0; i < p->nentries; i++)
+			if (p->entries[i].is_name &&
+			    p->entries[i].nlookups == 0)
+				done = 0;
+		uv_mutex_unlock(&p->mu);
+	}
+	uv_mutex_unlock(&R.mu);
+	return (done);
+}
+
+static void
+wait_timer_cb(uv_timer_t *t)
+{
+
+	(void)t;
+}
+
+static void
+wait_close_cb(uv_handle_t *h)
+{
+
+	*(int *)h->data = 1;
+}
+
+/**
+ * backend_resolver_wait(ms):
+ * Run the resolver's loop until every name has been looked up once, or for
+ * at most ${ms} milliseconds: called at start-up before the workers accept,
+ * so that the first clients do not find their backend's name unresolved.
+ */
+void
+backend_resolver_wait(uint64_t ms)
+{
+	uv_loop_t *loop = R.loop;
+	uv_timer_t t;
+	uint64_t end = uv_hrtime() / 1000000 + ms;
+	int closed = 0;
+
+	if (loop == NULL || uv_timer_init(loop, &t) < 0)
+		return;
+	t.data = &closed;
+	uv_timer_start(&t, wait_timer_cb, ms, 0);
+	while (!first_round_done() && uv_hrtime() / 1000000 < end &&
+	    R.loop != NULL)
+		(void)uv_run(loop, UV_RUN_ONCE);
+	/* The timer lives on this stack: see it closed before returning. */
+	uv_close((uv_handle_t *)&t, wait_close_cb);
+	while (!closed)
+		(void)uv_run(loop, UV_RUN_NOWAIT);
 }
 
 /**

@@ -242,6 +242,16 @@ run(struct mainctx *m)
 	uv_async_init(m->loop, &m->done_async, all_done_check);
 	m->done_async.data = m;
 
+	/*
+	 * Backend names are looked up first (for at most 2 s, a name that does
+	 * not resolve is only a warning), so that the first clients find them.
+	 */
+	if (backend_resolver_start(m->loop, cfg->backend_check) < 0) {
+		log_err("start", "cannot start the backend resolver");
+		return (EXIT_STARTUP);
+	}
+	backend_resolver_wait(2000);
+
 	nw = cfg->workers != 0 ? cfg->workers :
 	    (unsigned)uv_available_parallelism();
 	if (nw == 0)
@@ -294,10 +304,7 @@ run(struct mainctx *m)
 	}
 	if (cfg->has_metrics && start_metrics(m) < 0)
 		exit(EXIT_STARTUP);
-	if (backend_resolver_start(m->loop, cfg->backend_check) < 0) {
-		log_err("start", "cannot start the backend resolver");
-		exit(EXIT_STARTUP);
-	}
+
 	for (j = 0; j < cfg->nlisteners; j++) {
 		const struct config_listener *l = &cfg->listeners[j];
 
