@@ -304,6 +304,28 @@ class TestNames(unittest.TestCase):
                  interval=0.2, what="the name to resolve")
         d.wait_log(r"event=backend_resolve .*resolves again")
 
+    def test_threadpool_sized_for_lookups(self):
+        """libuv's threadpool has room for the lookups (4) besides its
+        default 4 threads for file work; a bigger UV_THREADPOOL_SIZE
+        stands."""
+        names = Names([("127.0.0.1", "relay.test")])
+        for env, want in ((None, 8), ("16", 16)):
+            with self.subTest(env=env):
+                port = free_port()
+                e = {"UV_THREADPOOL_SIZE": env} if env else {}
+                d = names.daemon(daemon_conf({"s": smtp_listener(
+                    "relay.test:%d" % free_port(), port)}, workers=1),
+                    self, env=e)
+                if env is None:
+                    d.env.pop("UV_THREADPOOL_SIZE", None)
+                d.start()
+                d.wait_log(r"event=backend_resolve listener=s")
+                # main thread + 1 worker + the pool (started all at once)
+                tasks = len(os.listdir("/proc/%d/task" % d.pid))
+                self.assertGreaterEqual(tasks, 2 + want)
+                self.assertLess(tasks, 2 + want + 4)
+                d.stop()
+
     def test_check_warns_and_exits_0(self):
         """-t: a name that does not resolve is a warning with its line, and
         the check still passes; a name that resolves says nothing."""
