@@ -130,6 +130,7 @@ static struct {
 	uv_async_t		 async;
 	unsigned		 inflight;
 	int			 probe;
+	uint64_t		 probe_upto;	/* pools made by start-up */
 	struct probe_group	*groups;
 } R = { .once = UV_ONCE_INIT };
 
@@ -740,7 +741,8 @@ tick(void)
 		uv_mutex_unlock(&p->mu);
 		if (!pending && !p->probed) {
 			p->probed = 1;
-			if (R.probe)
+			/* At start-up only: not for listeners a reload adds. */
+			if (R.probe && p->serial <= R.probe_upto)
 				probe_start(p);
 		}
 	}
@@ -950,6 +952,7 @@ backend_resolver_start(uv_loop_t *loop, int probe)
 	uv_mutex_lock(&R.mu);
 	R.loop = loop;
 	R.probe = probe;
+	R.probe_upto = R.serial;
 	uv_mutex_unlock(&R.mu);
 	tick();
 	return (0);
