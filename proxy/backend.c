@@ -735,6 +735,9 @@ tick(void)
 				lookup_start(p, e, now);
 				continue;
 			}
+			/* Due but over the limit: a lookup that ends ticks again. */
+			if (when <= now)
+				continue;
 			if (when < next)
 				next = when;
 		}
