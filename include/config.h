@@ -57,7 +57,24 @@ struct config_addr {
 	struct sockaddr_storage	 ss;	/* resolved; AF_INET, AF_INET6 or AF_UNIX */
 	socklen_t		 sslen;
 	char			 text[128];	/* as written, for logs */
-	char			 host[64];	/* host part (no brackets), "" for unix */
+	char			 host[128];	/* host part (no brackets), "" for unix */
+};
+
+enum config_balance {
+	CONFIG_BALANCE_FAILOVER,	/* the first healthy, in file order */
+	CONFIG_BALANCE_ROUNDROBIN,	/* sessions spread over the healthy */
+};
+
+/*
+ * One backend line.  A numeric address or unix socket is resolved at load
+ * time (addr.ss); a DNS name (is_name) is looked up at run time by backend.c
+ * and addr.ss stays AF_UNSPEC, with addr.host and port set.
+ */
+struct config_backend {
+	struct config_addr	 addr;
+	uint16_t		 port;		/* host byte order; 0 for unix */
+	int			 is_name;
+	int			 line;
 };
 
 struct config_certpair {
@@ -79,7 +96,11 @@ struct config_listener {
 	enum config_proto	 protocol;
 	enum config_tls		 client_tls;
 	int			 require_tls;
-	struct config_addr	 backend;
+	struct config_addr	 backend;	/* the first backend line */
+	struct config_backend	*backends;	/* every backend line, in order */
+	size_t			 nbackends;
+	enum config_balance	 backend_balance;
+	uint64_t		 backend_resolve_ms;
 	enum config_tls		 backend_tls;
 	int			 backend_verify;
 	char			*backend_ca;	/* NULL: the system trust store */
@@ -115,6 +136,7 @@ struct config {
 	struct config_addr	 metrics;
 	uint64_t		 shutdown_timeout_ms;
 	char			*ticket_key_file;
+	int			 backend_check;	/* try each backend at start-up */
 	struct config_listener	*listeners;
 	size_t			 nlisteners;
 };
@@ -157,6 +179,14 @@ int config_parse_duration(const char *, uint64_t *);
  * address or "localhost".  Return NULL, or a static error message.
  */
 const char *config_parse_addr(const char *, struct config_addr *);
+
+/**
+ * config_parse_backend(s, b):
+ * Parse a backend: HOST:PORT where HOST may also be a DNS name (letters,
+ * digits, '-', '_' and '.'), [V6]:PORT or unix:/path, into ${b} (its line is
+ * left alone).  Return NULL, or a static error message.
+ */
+const char *config_parse_backend(const char *, struct config_backend *);
 
 /**
  * config_parse_cidr(s, c):

@@ -18,6 +18,7 @@
 #include <stdio.h>
 
 #include "climit.h"
+#include "backend.h"
 #include "config.h"
 #include "proto.h"
 #include "tlsio.h"
@@ -42,6 +43,7 @@ struct listener {
 	atomic_uint			 own_nconns;
 	struct climit			*climit;	/* NULL: no limits
 							   per client */
+	struct backend_pool		*pool;		/* where sessions go */
 };
 
 struct listener_set {

@@ -76,6 +76,9 @@
 #define DEFAULT_MAXCONN		10000
 /* RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for a command. */
 #define DEFAULT_PLAINTEXT_MS	(5 * 60 * 1000)
+#define DEFAULT_RESOLVE_MS	(30 * 1000)
+#define MIN_RESOLVE_MS		1000
+#define BACKENDS_MAX		16	/* backend lines per listener */
 
 struct parser;
 
@@ -97,6 +100,7 @@ enum gkey {
 	GK_METRICS,
 	GK_SHUTDOWN_TIMEOUT,
 	GK_TICKET_KEY_FILE,
+	GK_BACKEND_CHECK,
 	GK_COUNT
 };
 
@@ -127,6 +131,8 @@ enum lkey {
 	LK_MAX_PER_CLIENT,
 	LK_RATE_PER_CLIENT,
 	LK_PLAINTEXT_TIMEOUT,
+	LK_BACKEND_BALANCE,
+	LK_BACKEND_RESOLVE,
 	LK_COUNT
 };
 
@@ -394,6 +400,91 @@ config_parse_addr(const char *s, struct config_addr *a)
 		    htons((uint16_t)pnum);
 	memcpy(a->host, host, strlen(host) + 1);
 	memcpy(a->text, s, strlen(s) + 1);
+	return (NULL);
+}
+
+/* A DNS name: letters, digits, '-', '_' and '.', in labels of 1-63. */
+static int
+valid_dnsname(const char *h)
+{
+	size_t n = strlen(h), lab = 0, i;
+
+	if (n == 0 || n > 253 || strspn(h, "abcdefghijklmnopqrstuvwxyz"
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != n)
+		return (0);
+	for (i = 0; i < n; i++) {
+		if (h[i] != '.') {
+			if (++lab > 63)
+				return (0);
+			continue;
+		}
+		/* An empty label; a trailing dot (a rooted name) is fine. */
+		if (lab == 0)
+			return (0);
+		lab = 0;
+	}
+	return (h[0] != '-' && h[0] != '.');
+}
+
+/**
+ * config_parse_backend(s, b):
+ * Parse a backend: HOST:PORT where HOST may also be a DNS name (letters,
+ * digits, '-', '_' and '.'), [V6]:PORT or unix:/path, into ${b} (its line is
+ * left alone).  Return NULL, or a static error message.
+ */
+const char *
+config_parse_backend(const char *s, struct config_backend *b)
+{
+	struct config_addr *a = &b->addr;
+	const char *colon, *e;
+	char host[sizeof(a->host)];
+	unsigned char buf[4];
+	uint64_t pnum;
+	size_t hlen;
+	int line = b->line;
+
+	memset(b, 0, sizeof(*b));
+	b->line = line;
+	colon = strrchr(s, ':');
+	if (strncmp(s, "unix:", 5) == 0 || s[0] == '[' || colon == NULL ||
+	    strchr(s, ':') != colon || colon == s ||
+	    (size_t)(colon - s) >= sizeof(host))
+		goto numeric;
+	hlen = (size_t)(colon - s);
+	memcpy(host, s, hlen);
+	host[hlen] = '\0';
+	/* Numbers and dots only: an address (inet_aton's forms are not). */
+	if (strspn(host, "0123456789.") == hlen ||
+	    strcasecmp(host, "localhost") == 0 ||
+	    inet_pton(AF_INET, host, buf) == 1)
+		goto numeric;
+	if (strlen(s) >= sizeof(a->text))
+		return ("address too long");
+	if (!valid_dnsname(host))
+		return ("expected a DNS name, an IPv4 address, [IPv6] or "
+		    "unix:/path before the port");
+	if (colon[1] == '\0')
+		return ("missing port");
+	if (parse_uint(colon + 1, 65535, &pnum) || pnum == 0)
+		return ("port must be a number from 1 to 65535");
+	a->ss.ss_family = AF_UNSPEC;
+	memcpy(a->host, host, hlen + 1);
+	memcpy(a->text, s, strlen(s) + 1);
+	b->port = (uint16_t)pnum;
+	b->is_name = 1;
+	return (NULL);
+
+numeric:
+	if ((e = config_parse_addr(s, a)) != NULL) {
+		/* The numeric parser's advice predates DNS names. */
+		if (strncmp(e, "host must be", 12) == 0)
+			return ("invalid IPv4 address");
+		return (e);
+	}
+	if (a->ss.ss_family == AF_INET)
+		b->port = ntohs(((struct sockaddr_in *)&a->ss)->sin_port);
+	else if (a->ss.ss_family == AF_INET6)
+		b->port = ntohs(((struct sockaddr_in6 *)&a->ss)->sin6_port);
 	return (NULL);
 }
 
@@ -738,19 +829,6 @@ parse_tcpaddr(struct parser *p, void *obj, size_t off, const char *v)
 }
 
 static const char *
-parse_addr(struct parser *p, void *obj, size_t off, const char *v)
-{
-	struct config_addr a;
-	const char *e;
-
-	(void)p;
-	if ((e = config_parse_addr(v, &a)) != NULL)
-		return (e);
-	*FIELD(obj, off, struct config_addr) = a;
-	return (NULL);
-}
-
-static const char *
 parse_metrics(struct parser *p, void *obj, size_t off, const char *v)
 {
 	const char *e;
@@ -840,6 +918,71 @@ parse_accept_proxy(struct parser *p, void *obj, size_t off, const char *v)
 	return (NULL);
 }
 
+/* "backend" may be repeated: each line adds a candidate source. */
+static const char *
+parse_backend(struct parser *p, void *obj, size_t off, const char *v)
+{
+	struct config_listener *l = obj;
+	struct config_backend b, *nb;
+	const char *e;
+	size_t i;
+
+	(void)off;
+	b.line = p->lineno;
+	if ((e = config_parse_backend(v, &b)) != NULL)
+		return (e);
+	for (i = 0; i < l->nbackends; i++) {
+		if (strcmp(l->backends[i].addr.text, b.addr.text) != 0)
+			continue;
+		snprintf(p->msg, sizeof(p->msg), "given twice (first at line "
+		    "%d)", l->backends[i].line);
+		return (p->msg);
+	}
+	if (l->nbackends == BACKENDS_MAX)
+		return ("too many backends (at most 16 per listener)");
+	nb = reallocarray(l->backends, l->nbackends + 1, sizeof(*nb));
+	if (nb == NULL) {
+		p->enomem = 1;
+		return (NULL);
+	}
+	l->backends = nb;
+	l->backends[l->nbackends++] = b;
+	if (l->nbackends == 1)
+		l->backend = b.addr;
+	return (NULL);
+}
+
+static const char *
+parse_balance(struct parser *p, void *obj, size_t off, const char *v)
+{
+	static const char *const words[] = { "failover", "roundrobin", NULL };
+	static const enum config_balance vals[] = {
+		CONFIG_BALANCE_FAILOVER, CONFIG_BALANCE_ROUNDROBIN
+	};
+	int i;
+
+	(void)p;
+	if ((i = keyword(v, words)) < 0)
+		return ("expected failover or roundrobin");
+	*FIELD(obj, off, enum config_balance) = vals[i];
+	return (NULL);
+}
+
+/* Looking names up more often than once a second helps nobody. */
+static const char *
+parse_resolve(struct parser *p, void *obj, size_t off, const char *v)
+{
+	uint64_t ms;
+
+	(void)p;
+	if (config_parse_duration(v, &ms))
+		return ("expected a duration such as 500ms, 30s, 10m or 1h");
+	if (ms < MIN_RESOLVE_MS)
+		return ("must be at least 1s");
+	*FIELD(obj, off, uint64_t) = ms;
+	return (NULL);
+}
+
 static const char *parse_cert(struct parser *, void *, size_t, const char *);
 static const char *parse_key(struct parser *, void *, size_t, const char *);
 
@@ -854,6 +997,8 @@ static const struct keydef gkeys[GK_COUNT] = {
 	    G(shutdown_timeout_ms), 0 },
 	[GK_TICKET_KEY_FILE] = { "ticket_key_file", parse_string,
 	    G(ticket_key_file), 0 },
+	[GK_BACKEND_CHECK] = { "backend_check", parse_bool, G(backend_check),
+	    0 },
 };
 #undef G
 
@@ -863,7 +1008,7 @@ static const struct keydef lkeys[LK_COUNT] = {
 	[LK_PROTOCOL] = { "protocol", parse_proto, L(protocol), 0 },
 	[LK_CLIENT_TLS] = { "client_tls", parse_tls, L(client_tls), 0 },
 	[LK_REQUIRE_TLS] = { "require_tls", parse_bool, L(require_tls), 0 },
-	[LK_BACKEND] = { "backend", parse_addr, L(backend), 0 },
+	[LK_BACKEND] = { "backend", parse_backend, 0, 1 },
 	[LK_BACKEND_TLS] = { "backend_tls", parse_tls, L(backend_tls), 0 },
 	[LK_BACKEND_VERIFY] = { "backend_verify", parse_bool,
 	    L(backend_verify), 0 },
@@ -896,6 +1041,10 @@ static const struct keydef lkeys[LK_COUNT] = {
 	    L(rate_per_client), 0 },
 	[LK_PLAINTEXT_TIMEOUT] = { "plaintext_timeout", parse_timeout,
 	    L(plaintext_timeout_ms), 0 },
+	[LK_BACKEND_BALANCE] = { "backend_balance", parse_balance,
+	    L(backend_balance), 0 },
+	[LK_BACKEND_RESOLVE] = { "backend_resolve", parse_resolve,
+	    L(backend_resolve_ms), 0 },
 };
 #undef L
 
@@ -1131,6 +1280,8 @@ add_listener(struct parser *p, const char *name)
 	l->idle_timeout_ms = DEFAULT_IDLE_MS;
 	l->max_connections = DEFAULT_MAXCONN;
 	l->plaintext_timeout_ms = DEFAULT_PLAINTEXT_MS;
+	l->backend_balance = CONFIG_BALANCE_FAILOVER;
+	l->backend_resolve_ms = DEFAULT_RESOLVE_MS;
 	p->cur = cfg->nlisteners++;
 	return (0);
 }
@@ -1348,12 +1499,14 @@ check_listener(struct parser *p, size_t i)
 		    "needs client_ca", l->client_verify ==
 		    CONFIG_VERIFY_REQUIRED ? "required" : "optional");
 	/* With a unix backend there is no host name to check the cert for. */
-	if (OK(LK_BACKEND) && l->backend.ss.ss_family == AF_UNIX &&
-	    !ls->keybad[LK_BACKEND_TLS] && l->backend_tls != CONFIG_TLS_NONE &&
-	    !ls->keybad[LK_BACKEND_VERIFY] && l->backend_verify &&
-	    !ls->keyline[LK_BACKEND_NAME])
-		perr(p, ls->keyline[LK_BACKEND], "a unix: backend with "
-		    "backend_tls and backend_verify needs backend_name");
+	for (j = 0; j < l->nbackends; j++)
+		if (l->backends[j].addr.ss.ss_family == AF_UNIX &&
+		    !ls->keybad[LK_BACKEND_TLS] &&
+		    l->backend_tls != CONFIG_TLS_NONE &&
+		    !ls->keybad[LK_BACKEND_VERIFY] && l->backend_verify &&
+		    !ls->keyline[LK_BACKEND_NAME])
+			perr(p, l->backends[j].line, "a unix: backend with "
+			    "backend_tls and backend_verify needs backend_name");
 
 	if (OK(LK_LISTEN)) {
 		for (j = 0; j < i; j++) {
@@ -1428,6 +1581,7 @@ config_load(const char *path, FILE *errf)
 	cfg->log_level = CONFIG_LOG_INFO;
 	cfg->log_format = CONFIG_LOG_TEXT;
 	cfg->shutdown_timeout_ms = DEFAULT_SHUTDOWN_MS;
+	cfg->backend_check = 1;
 
 	rc = ini_parse_stream(reader, &p, handler, &p);
 	if (p.enomem || rc == -2)
@@ -1493,6 +1647,7 @@ config_free(struct config *cfg)
 	for (i = 0; i < cfg->nlisteners; i++) {
 		l = &cfg->listeners[i];
 		free(l->name);
+		free(l->backends);
 		free(l->backend_ca);
 		free(l->backend_name);
 		for (j = 0; j < l->ncerts; j++) {

@@ -12,6 +12,7 @@
 
 #include <uv.h>
 
+#include "backend.h"
 #include "bstarttls.h"
 #include "climit.h"
 #include "conn.h"
@@ -147,6 +148,7 @@ struct conn {
 	char			 peer[INET6_ADDRSTRLEN + 8];
 	struct conn_addrs	*addrs;		/* NULL: no PROXY header to send */
 	uint32_t		 climit;	/* climit ticket; 0: none */
+	struct backend_try	 bt;		/* which backends were tried */
 	/*
 	 * What the client's TLS session said, for logs and the PROXY header.
 	 * Names are kept on the heap only when there are any (most sessions
@@ -564,6 +566,7 @@ log_close(struct conn *c)
 	f[n++] = LOG_NUM("duration_ms", now_ms(c) - c->t_start);
 	f[n++] = LOG_STR("reason", c->reason != NULL ? c->reason : "");
 	f[n++] = LOG_STR("phase", phase_names[c->closed_in]);
+	f[n++] = LOG_STR("backend", c->bt.addr);
 	if (c->detail[0] != '\0')
 		f[n++] = LOG_STR("detail", c->detail);
 	log_fields(CONFIG_LOG_INFO, "close", f, n);
@@ -691,18 +694,11 @@ conn_next(const struct conn *c)
 
 /* Tell the client the service is not there, in its protocol, and close. */
 static void
-backend_unavailable(struct conn *c, const char *why)
+unavailable_reply(struct conn *c)
 {
 	char buf[512];
 	size_t n;
 
-	log_fields(CONFIG_LOG_WARN, "backend_unavailable", (struct log_field[]){
-	    LOG_NUM("conn", c->id), LOG_STR("listener", c->lc->name),
-	    LOG_STR("backend", c->lc->backend.text), LOG_STR("error", why) },
-	    4);
-	snprintf(c->detail, sizeof(c->detail), "%s", why);
-	count(c, c->phase == CONN_CONNECTING ? METRIC_BACKEND_CONNECT_ERR :
-	    METRIC_BACKEND_TLS_ERR, 1);
 	backend_drop(c);
 	n = proto_unavailable(c->lc->protocol, c->lc->hostname, buf,
 	    sizeof(buf));
@@ -726,6 +722,59 @@ idle_ms(const struct conn *c)
 	    !c->client_tls_up && lc->plaintext_timeout_ms < lc->idle_timeout_ms)
 		return (lc->plaintext_timeout_ms);
 	return (lc->idle_timeout_ms);
+}
+
+/*
+ * A backend that is not ready yet failed: the next candidate gets the
+ * session, with what the client said meanwhile.  Return 0 if there is no
+ * attempt to retry (the backend was relaying already).
+ */
+static int
+backend_retry(struct conn *c)
+{
+	struct side *b = c->backend, *nb;
+	struct wreq *head, *tail, *w;
+	size_t len = 0;
+
+	if (b == NULL || b->ready)
+		return (0);
+	backend_report(c->l->pool, &c->bt, 0);
+	head = b->pend_head;
+	tail = b->pend_tail;
+	b->pend_head = b->pend_tail = NULL;
+	for (w = head; w != NULL; w = w->next)
+		len += w->len;
+	b->queued -= len;
+	backend_drop(c);
+	backend_connect(c);
+	if ((nb = c->backend) == NULL || c->phase == CONN_CLOSING) {
+		for (; head != NULL; head = w) {
+			w = head->next;
+			free(head);
+		}
+		return (1);
+	}
+	for (w = head; w != NULL; w = w->next)
+		w->side = nb;
+	nb->pend_head = head;
+	nb->pend_tail = tail;
+	nb->queued += len;
+	return (1);
+}
+
+/* A backend attempt failed: try the next candidate, or give up. */
+static void
+backend_unavailable(struct conn *c, const char *why)
+{
+
+	log_fields(CONFIG_LOG_WARN, "backend_unavailable", (struct log_field[]){
+	    LOG_NUM("conn", c->id), LOG_STR("listener", c->lc->name),
+	    LOG_STR("backend", c->bt.addr), LOG_STR("error", why) }, 4);
+	snprintf(c->detail, sizeof(c->detail), "%s: %s", c->bt.addr, why);
+	count(c, c->phase == CONN_CONNECTING ? METRIC_BACKEND_CONNECT_ERR :
+	    METRIC_BACKEND_TLS_ERR, 1);
+	if (!backend_retry(c))
+		unavailable_reply(c);
 }
 
 static void
@@ -1317,6 +1366,7 @@ backend_ready(struct conn *c, struct side *b)
 	size_t glen;
 
 	b->ready = 1;
+	backend_report(c->l->pool, &c->bt, 1);
 	c->conn_deadline = 0;
 	c->phase = CONN_RELAY;
 	c->last_active = now_ms(c);
@@ -1356,9 +1406,12 @@ static void
 backend_start_tls(struct conn *c, struct side *b)
 {
 	const gnutls_datum_t *resume = worker_session(c->w, c->l);
+	struct tlsio_client_ctx ctx = c->l->btls;
 
-	if ((b->tls = tlsio_client_new(&c->l->btls, resume, tls_push,
-	    b)) == NULL) {
+	/* Without backend_name, each backend is checked for its own name. */
+	if (c->lc->backend_name == NULL && c->bt.host != NULL)
+		ctx.name = c->bt.host;
+	if ((b->tls = tlsio_client_new(&ctx, resume, tls_push, b)) == NULL) {
 		backend_unavailable(c, "cannot make a TLS session");
 		return;
 	}
@@ -1497,10 +1550,25 @@ connect_cb(uv_connect_t *req, int status)
 static void
 backend_connect(struct conn *c)
 {
-	const struct config_addr *a = &c->lc->backend;
+	struct backend_target t, *a = &t;
 	struct side *b;
+	char why[160];
 	int rc;
 
+	if ((rc = backend_pick(c->l->pool, &c->bt, &t, why, sizeof(why))) != 0) {
+		/* No address, or every one failed (each was logged). */
+		if (rc > 0)
+			log_fields(CONFIG_LOG_WARN, "backend_unavailable",
+			    (struct log_field[]){ LOG_NUM("conn", c->id),
+			    LOG_STR("listener", c->lc->name),
+			    LOG_STR("error", why) }, 3);
+		if (c->bt.tried == 0) {
+			snprintf(c->detail, sizeof(c->detail), "%s", why);
+			count(c, METRIC_BACKEND_CONNECT_ERR, 1);
+		}
+		unavailable_reply(c);
+		return;
+	}
 	if ((b = calloc(1, sizeof(*b))) == NULL) {
 		backend_unavailable(c, "out of memory");
 		return;

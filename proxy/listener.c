@@ -71,6 +71,11 @@ listener_setup(struct listener *l, const struct config_listener *conf,
 	l->proto = proto_find(conf->protocol);
 	atomic_init(&l->own_nconns, 0);
 	l->nconns = &l->own_nconns;
+	if ((l->pool = backend_pool_new(conf)) == NULL) {
+		fprintf(errf, "%s:%d: listener %s: out of memory\n", cfgpath,
+		    conf->line, conf->name);
+		return (-1);
+	}
 	if ((conf->max_per_client > 0 || conf->rate_per_client > 0) &&
 	    (l->climit = climit_new(conf->name, conf->max_per_client,
 	    conf->rate_per_client, conf->max_connections)) == NULL) {
@@ -130,6 +135,8 @@ listener_teardown(struct listener *l)
 
 	climit_free(l->climit);
 	l->climit = NULL;
+	backend_pool_free(l->pool);
+	l->pool = NULL;
 	if (l->tls.prio != NULL)
 		gnutls_priority_deinit(l->tls.prio);
 	certs_slot_free(l->tls.slot);

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "capacity.h"
+#include "backend.h"
 #include "certs.h"
 #include "config.h"
 #include "listener.h"
@@ -222,6 +223,7 @@ all_done_check(uv_async_t *as)
 		m->up_polling = 0;
 	}
 	uv_close((uv_handle_t *)&m->up_timer, close_cb);
+	backend_resolver_stop();
 	metrics_http_stop(m->mhttp);
 	m->mhttp = NULL;
 	reloader_free(m->reloader);
@@ -275,6 +277,7 @@ stop_accepting(struct mainctx *m)
 		worker_stop(m->ws[i]);
 	/* The workers close their copies; these are the last ones here. */
 	lsock_close_all(m->socks);
+	backend_resolver_stop();
 	/*
 	 * Their handles must close for the main loop to end; the endpoint
 	 * reads the reloader, so it goes first.
@@ -775,6 +778,15 @@ run(struct mainctx *m)
 	for (i = 0; i < m->capslots; i++)
 		atomic_init(&m->slot_nconns[i], 0);
 	(void)lsock_inherit(m->socks);
+	/*
+	 * Backend names are looked up first (for at most 2 s, a name that does
+	 * not resolve is only a warning), so that the first clients find them.
+	 */
+	if (backend_resolver_start(m->loop, cfg->backend_check) < 0) {
+		log_err("start", "cannot start the backend resolver");
+		return (EXIT_STARTUP);
+	}
+	backend_resolver_wait(2000);
 	/* Made before the workers, which count into it. */
 	if ((m->metrics = metrics_new(m->nw, m->capslots)) == NULL)
 		return (EXIT_STARTUP);
@@ -887,6 +899,8 @@ main(int argc, char *argv[])
 	m.path = path;
 	m.ready_fd = upgrade_take_fd();
 	signal(SIGPIPE, SIG_IGN);
+	/* Before anything uses libuv's threadpool, which reads it once. */
+	backend_threadpool_setup();
 	if ((cfg = config_load(path, stderr)) == NULL) {
 		rc = EXIT_CONFIG;
 		goto out;
@@ -906,6 +920,8 @@ main(int argc, char *argv[])
 		goto out;
 	}
 	if (check) {
+		/* Not an error: a service may come up after us. */
+		(void)backend_check(cfg, stderr);
 		printf("%s: configuration and certificates OK\n", path);
 		rc = 0;
 		goto out;

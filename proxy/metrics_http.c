@@ -12,6 +12,7 @@
 
 #include <uv.h>
 
+#include "backend.h"
 #include "certs.h"
 #include "log.h"
 #include "metrics.h"
@@ -350,6 +351,8 @@ char *
 metrics_http_render(const struct metrics_src *src, size_t *len)
 {
 	struct sbuf b = { NULL, 0, 0, 0 };
+	char *bt;
+	size_t btlen;
 
 	sb_family(&b, "mailtlsd_build_info", "gauge",
 	    "Always 1; the labels tell the versions of mailtlsd and of the "
@@ -360,6 +363,11 @@ metrics_http_render(const struct metrics_src *src, size_t *len)
 	sb_label(&b, "libuv", src->libuv != NULL ? src->libuv : "", 0);
 	sb_puts(&b, "} 1\n");
 	render_counters(&b, src);
+	/* Per backend address: up, attempts, failures (backend.c). */
+	if ((bt = backend_metrics_render(&btlen)) != NULL) {
+		sb_put(&b, bt, btlen);
+		free(bt);
+	}
 	render_certs(&b, src->reloader);
 	render_config_reloads(&b, src->config_reloads);
 	if (b.failed) {

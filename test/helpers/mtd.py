@@ -835,9 +835,19 @@ class Mailtlsd:
     """
 
     def __init__(self, config, tc=None, name="mailtlsd", env=None,
-                 wait_ports=None):
+                 wait_ports=None, backend_check=False):
         self.bin = mailtlsd_bin()
         self.dir = tempdir("mtd-%s-" % name)
+        # mailtlsd's start-up check opens one connection to each backend:
+        # FakeBackend would count it as a session's.  Tests that do not
+        # test that check turn it off (test_backends tests it).
+        if isinstance(config, dict) and not backend_check:
+            config = dict(config)
+            g = dict(config.get("global", {}))
+            g.setdefault("backend_check", "no")
+            config = dict([("global", g)] + [(k, v) for k, v in
+                                              config.items()
+                                              if k != "global"])
         self.text = render_config(config)
         self.path = os.path.join(self.dir, "mailtlsd.conf")
         with open(self.path, "w") as f:

@@ -282,6 +282,11 @@ def tearDownModule():
 
 # --------------------------------------------------------------------------
 
+# The real servers' name inside the container (docker run --add-host).
+BACKEND_NAME = "mail-backend.test"
+ADD_HOST = ["--add-host", "%s:%s" % (BACKEND_NAME, LOOPBACK)]
+
+
 def example_config(ports, metrics_port):
     """examples/docker/mailtlsd.conf, moved to loopback high ports and to
     the real servers' PROXY listeners; everything else as shipped."""
@@ -303,8 +308,10 @@ def example_config(ports, metrics_port):
         if name in ports:
             body = re.sub(r"(?m)^listen\s*=.*$",
                           "listen = %s:%d" % (LOOPBACK, ports[name]), body)
+            # By name, as in Compose (issue 14): the container's
+            # /etc/hosts gets it from --add-host.
             body = re.sub(r"(?m)^backend\s*=.*$", "backend = %s:%d" % (
-                LOOPBACK, backend[proto[name]]), body)
+                BACKEND_NAME, backend[proto[name]]), body)
         return "[%s]\n%s" % (name, body)
     text = re.sub(section, fix, text)
     text = re.sub(r"(?m)^metrics\s*=.*$", "metrics = %s:%d" % (
@@ -376,7 +383,8 @@ class Container(unittest.TestCase):
         cls.name = "mtd-%s" % uuid.uuid4().hex[:8]
         p = d.docker(["run", "-d", "--name", cls.name, "--network", "host",
                       "--health-interval", "1s", "--health-start-period",
-                      "30s"] + cls.mounts + [_image], timeout=120)
+                      "30s"] + ADD_HOST + cls.mounts + [_image],
+                     timeout=120)
         if p.returncode != 0:
             raise HarnessError("docker run failed: %s%s" % (p.stdout,
                                                             p.stderr))
@@ -451,10 +459,12 @@ class Container(unittest.TestCase):
         self.assertIn('"event":"ready"', p.stderr)
         self.assertNotIn('"event":"ready"', p.stdout)
         # the configuration mounted into the image checks out with -t
-        p = self.d.docker(["run", "--rm", "--network", "host"] +
+        p = self.d.docker(["run", "--rm", "--network", "host"] + ADD_HOST +
                           self.mounts + [_image, "-t", "-c",
                                          "/etc/mailtlsd/mailtlsd.conf"])
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        # the backend's name resolves inside the container: no warning
+        self.assertNotIn("does not resolve", p.stdout + p.stderr)
 
     def test_2_health_check(self):
         try:

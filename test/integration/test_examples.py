@@ -425,23 +425,27 @@ class Compose(unittest.TestCase):
         # only mailtlsd is published; Postfix and Dovecot never
         for s in ("postfix", "dovecot"):
             self.assertNotIn("ports", svc[s])
-        # the backends are the other services' fixed addresses
-        ip = {s: svc[s]["networks"]["mail"]["ipv4_address"] for s in svc}
+        # the backends are the other services, by name (issue 14): no
+        # fixed subnet, no fixed addresses
         backends = {a.rsplit(":", 1)[0] for a in values(conf, "backend")}
-        self.assertEqual(backends, {ip["postfix"], ip["dovecot"]})
-        # PROXY toward both, trusted from mailtlsd's address only
+        self.assertEqual(backends, {"postfix", "dovecot"})
+        for s in svc:
+            self.assertNotIn("ipv4_address", str(svc[s].get("networks")))
+        self.assertNotIn("ipam", str(doc.get("networks")))
+        # PROXY toward both, trusted from the private network only
         self.assertEqual(set(values(conf, "proxy_protocol")), {"v2"})
         dconf = read(examples("compose", "dovecot", "dovecot.conf"))
-        self.assertRegex(dconf, r"(?m)^haproxy_trusted_networks = %s/32$" %
-                         re.escape(ip["mailtlsd"]))
+        self.assertRegex(dconf, r"(?m)^haproxy_trusted_networks = 10.0.0.0/8 "
+                         r"172.16.0.0/12 192.168.0.0/16$")
         self.assertGreaterEqual(len(re.findall(r"(?m)^\s*haproxy = yes$",
                                                dconf)), 2)
         mcf = read(examples("compose", "postfix", "master.cf"))
         self.assertIn("smtpd_upstream_proxy_protocol=haproxy", mcf)
         main = read(examples("compose", "postfix", "main.cf"))
         mynetworks = re.search(r"(?m)^mynetworks\s*=(.*)$", main).group(1)
-        self.assertNotIn(ip["mailtlsd"].rsplit(".", 1)[0], mynetworks,
-                         "mailtlsd must not be in mynetworks")
+        self.assertEqual(mynetworks.split(), ["127.0.0.0/8"],
+                         "mailtlsd's network must not be in mynetworks")
+        self.assertRegex(main, r"(?m)^smtpd_sasl_path = inet:dovecot:\d+$")
         # docker stop waits longer than the drain
         st = values(conf, "shutdown_timeout", "global")[0]
         self.assertGreater(int(m["stop_grace_period"].rstrip("s")),

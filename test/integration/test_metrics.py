@@ -485,6 +485,9 @@ class ScriptedCounts(unittest.TestCase):
             "mailtlsd_cert_not_after_seconds": "gauge",
             "mailtlsd_cert_reloads_total": "counter",
             "mailtlsd_config_reloads_total": "counter",
+            "mailtlsd_backend_up": "gauge",
+            "mailtlsd_backend_attempts_total": "counter",
+            "mailtlsd_backend_failures_total": "counter",
         })
         # The SIGHUP above read the configuration file again: one good
         # reload, no error.

@@ -421,7 +421,7 @@ test_listener_bad(void **state)
 	    "protocol = lmtp\n"
 	    "client_tls = yes\n"
 	    "require_tls = maybe\n"
-	    "backend = mail.example.com:25\n"
+	    "backend = mail!example.com:25\n"
 	    "backend_tls = tls\n"
 	    "backend_verify = 1\n"
 	    "backend_name = bad name\n"
@@ -443,9 +443,8 @@ test_listener_bad(void **state)
 	    "starttls or none\n"
 	    "F:5: require_tls: invalid value \"maybe\": expected yes, no, "
 	    "true, false, on or off\n"
-	    "F:6: backend: invalid value \"mail.example.com:25\": host must be "
-	    "a numeric address or localhost (no DNS lookups at configuration "
-	    "time)\n"
+	    "F:6: backend: invalid value \"mail!example.com:25\": expected a "
+	    "DNS name, an IPv4 address, [IPv6] or unix:/path before the port\n"
 	    "F:7: backend_tls: invalid value \"tls\": expected implicit, "
 	    "starttls or none\n"
 	    "F:8: backend_verify: invalid value \"1\": expected yes, no, true, "
@@ -1417,6 +1416,124 @@ test_client_limits(void **state)
 	    "[global]\n");
 }
 
+/* Issue 14: DNS names, repeated backends, balance and resolve interval. */
+static void
+test_backends(void **state)
+{
+	struct config *cfg;
+	const struct config_listener *l;
+
+	(void)state;
+	cfg = load_ok("[a]\n"
+	    "listen = 127.0.0.1:10465\n"
+	    "protocol = smtp\n"
+	    "backend = postfix:25\n"
+	    "backend = 192.0.2.7:2525\n"
+	    "backend = [2001:db8::1]:25\n"
+	    "backend = dovecot.mail.svc.cluster.local.:143\n"
+	    "backend = mail_relay-2:25\n"
+	    "backend = unix:/run/smtpd.sock\n"
+	    "backend_balance = roundrobin\n"
+	    "backend_resolve = 5s\n"
+	    "cert = auto\n"
+	    "[b]\n"
+	    "listen = 127.0.0.1:10466\n"
+	    "protocol = smtp\n"
+	    "backend = localhost:25\n"
+	    "cert = auto\n");
+	l = &cfg->listeners[0];
+	assert_int_equal(l->nbackends, 6);
+	assert_int_equal(l->backends[0].is_name, 1);
+	assert_string_equal(l->backends[0].addr.host, "postfix");
+	assert_string_equal(l->backends[0].addr.text, "postfix:25");
+	assert_int_equal(l->backends[0].port, 25);
+	assert_int_equal(l->backends[0].line, 4);
+	assert_int_equal(l->backends[0].addr.ss.ss_family, AF_UNSPEC);
+	/* The first line stays in l->backend, for what logs it. */
+	assert_string_equal(l->backend.text, "postfix:25");
+	assert_int_equal(l->backends[1].is_name, 0);
+	assert_int_equal(l->backends[1].addr.ss.ss_family, AF_INET);
+	assert_int_equal(l->backends[1].port, 2525);
+	assert_int_equal(l->backends[2].addr.ss.ss_family, AF_INET6);
+	assert_int_equal(l->backends[2].port, 25);
+	assert_int_equal(l->backends[3].is_name, 1);
+	assert_string_equal(l->backends[3].addr.host,
+	    "dovecot.mail.svc.cluster.local.");
+	assert_int_equal(l->backends[3].port, 143);
+	assert_int_equal(l->backends[4].is_name, 1);
+	assert_int_equal(l->backends[5].addr.ss.ss_family, AF_UNIX);
+	assert_int_equal(l->backends[5].line, 9);
+	assert_int_equal(l->backend_balance, CONFIG_BALANCE_ROUNDROBIN);
+	assert_int_equal(l->backend_resolve_ms, 5000);
+	/* Defaults; localhost is still taken as 127.0.0.1, not looked up. */
+	l = &cfg->listeners[1];
+	assert_int_equal(l->nbackends, 1);
+	assert_int_equal(l->backends[0].is_name, 0);
+	assert_int_equal(l->backends[0].addr.ss.ss_family, AF_INET);
+	assert_int_equal(l->backend_balance, CONFIG_BALANCE_FAILOVER);
+	assert_int_equal(l->backend_resolve_ms, 30000);
+	config_free(cfg);
+}
+
+static void
+test_backends_bad(void **state)
+{
+
+	(void)state;
+	load_fails("[a]\n"
+	    "listen = 127.0.0.1:10465\n"
+	    "protocol = smtp\n"
+	    "backend = postfix:25\n"
+	    "backend = postfix:25\n"
+	    "backend = 127.0.0.1:25\n"
+	    "backend = 127.0.0.1:25\n"
+	    "backend = -postfix:25\n"
+	    "backend = post..fix:25\n"
+	    "backend = postfix:\n"
+	    "backend = postfix:smtp\n"
+	    "backend = postfix:0\n"
+	    "backend = 127.1:25\n"
+	    "backend = 999.0.0.1:25\n"
+	    "backend_balance = random\n"
+	    "backend_resolve = 500ms\n"
+	    "backend_balance = failover\n"
+	    "cert = auto\n"
+	    "[b]\n"
+	    "listen = 127.0.0.1:10466\n"
+	    "protocol = smtp\n"
+	    "backend = a:25\nbackend = b:25\nbackend = c:25\nbackend = d:25\n"
+	    "backend = e:25\nbackend = f:25\nbackend = g:25\nbackend = h:25\n"
+	    "backend = i:25\nbackend = j:25\nbackend = k:25\nbackend = l:25\n"
+	    "backend = m:25\nbackend = n:25\nbackend = o:25\nbackend = p:25\n"
+	    "backend = q:25\n"
+	    "backend_resolve = 0\n"
+	    "cert = auto\n",
+	    "F:5: backend: invalid value \"postfix:25\": given twice (first at "
+	    "line 4)\n"
+	    "F:7: backend: invalid value \"127.0.0.1:25\": given twice (first "
+	    "at line 6)\n"
+	    "F:8: backend: invalid value \"-postfix:25\": expected a DNS name, "
+	    "an IPv4 address, [IPv6] or unix:/path before the port\n"
+	    "F:9: backend: invalid value \"post..fix:25\": expected a DNS name, "
+	    "an IPv4 address, [IPv6] or unix:/path before the port\n"
+	    "F:10: backend: invalid value \"postfix:\": missing port\n"
+	    "F:11: backend: invalid value \"postfix:smtp\": port must be a "
+	    "number from 1 to 65535\n"
+	    "F:12: backend: invalid value \"postfix:0\": port must be a number "
+	    "from 1 to 65535\n"
+	    "F:13: backend: invalid value \"127.1:25\": invalid IPv4 address\n"
+	    "F:14: backend: invalid value \"999.0.0.1:25\": invalid IPv4 "
+	    "address\n"
+	    "F:15: backend_balance: invalid value \"random\": expected failover "
+	    "or roundrobin\n"
+	    "F:16: backend_resolve: invalid value \"500ms\": must be at least "
+	    "1s\n"
+	    "F:17: duplicate key \"backend_balance\" (first at line 15)\n"
+	    "F:38: backend: invalid value \"q:25\": too many backends (at most "
+	    "16 per listener)\n"
+	    "F:39: backend_resolve: invalid value \"0\": must be at least 1s\n");
+}
+
 int
 main(void)
 {
@@ -1453,6 +1570,8 @@ main(void)
 		cmocka_unit_test(test_free_null),
 		cmocka_unit_test(test_fixture_files),
 		cmocka_unit_test(test_client_limits),
+		cmocka_unit_test(test_backends),
+		cmocka_unit_test(test_backends_bad),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));
