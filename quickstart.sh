@@ -234,9 +234,12 @@ password=demo
 addr=$user@$domain
 uid=65534
 gid=65534
-smtp=$(free_from 11025)
-imap=$(free_from 11143)
-pop3=$(free_from 11110)
+# From a random base, so that two demos started at once (or a demo and
+# the test suite) do not both find the same port free before either binds.
+base=$((20000 + RANDOM % 400 * 100))
+smtp=$(free_from $((base + 25)))
+imap=$(free_from $((base + 43)))
+pop3=$(free_from $((base + 10)))
 
 mkdir -p "$tmp/mail/$user/new" "$tmp/mail/$user/cur" "$tmp/mail/$user/tmp"
 chmod 0700 "$tmp/mail/$user" "$tmp/mail/$user"/*

@@ -615,7 +615,7 @@ class AutoCert(unittest.TestCase):
         with open(os.path.join(confdir, "mailtlsd.conf"), "w") as f:
             f.write(text)
         name = "mtd-auto-%s" % uuid.uuid4().hex[:8]
-        args = ["run", "-d", "--name", name, "--network", "host"]
+        args = ["run", "-d", "--name", name, "--network", "host"] + ADD_HOST
         for e in env:
             args += ["-e", e]
         args += self.COMPOSE_LIKE + [
