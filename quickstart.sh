@@ -235,8 +235,10 @@ addr=$user@$domain
 uid=65534
 gid=65534
 # From a random base, so that two demos started at once (or a demo and
-# the test suite) do not both find the same port free before either binds.
-base=$((20000 + RANDOM % 400 * 100))
+# the test suite) do not both find the same port free before either binds;
+# below the kernel's ephemeral range (32768 up), where outgoing connections
+# hold ports that cannot be listened on.
+base=$((12000 + RANDOM % 200 * 100))
 smtp=$(free_from $((base + 25)))
 imap=$(free_from $((base + 43)))
 pop3=$(free_from $((base + 10)))

@@ -230,8 +230,11 @@ class TestNames(unittest.TestCase):
                 m.shutdown()
             except OSError:
                 pass
-        d.wait_log(r"event=close .*listener=imaps")
-        by = {c["listener"]: c["backend"] for c in close_lines(d)}
+        # The harness's port checks are sessions too, closed before any
+        # backend: wait for the IMAP session's own line.
+        d.wait_log(r"event=close .*listener=imaps .*backend=\d")
+        by = {c["listener"]: c["backend"] for c in close_lines(d)
+              if c["backend"]}
         self.assertEqual(by["smtp"], "127.0.0.1:%d" % rs.smtp_port)
         self.assertEqual(by["imaps"], "127.0.0.1:%d" % rs.imap_port)
         self.assertRegex(d.log, r"event=backend_resolve listener=smtp "
@@ -369,10 +372,13 @@ class TestFailover(unittest.TestCase):
                     failed = [i for i, c in enumerate(closes)
                               if addr in fails.get(c["conn"], [])]
                     self.assertTrue(failed, d.log)
-                    # Marked down once it failed: later sessions skip it.
-                    # Only the harness's port check may overlap the first
-                    # client session; the rest run one after the other.
-                    later = closes[failed[0] + 2:]
+                    # Marked down once it failed: sessions that start
+                    # after its first failure skip it.  (Sessions that
+                    # started while an attempt on it was still pending,
+                    # such as the harness's port check waiting for its
+                    # connect timeout, may have picked it too.)
+                    down_at = first_failure_ms(d, addr)
+                    later = [c for c in closes if start_ms(c) > down_at]
                     self.assertGreaterEqual(len(later), 2, d.log)
                     for c in later:
                         self.assertNotIn(addr, fails.get(c["conn"], []),
@@ -472,6 +478,28 @@ class TestFailover(unittest.TestCase):
                          r'error="connection refused"' % re.escape(a.addr))
         tls = [c for c in close_lines(d) if c["starttls"] == "yes"]
         self.assertEqual(tls[0]["backend"], b.addr)
+
+
+def ts_ms(ts):
+    """Milliseconds since the epoch of a log line's ts=...Z."""
+    import datetime
+    t = datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+def start_ms(close):
+    """When the session of a close line started."""
+    return ts_ms(close["ts"]) - int(close["duration_ms"])
+
+
+def first_failure_ms(d, addr):
+    for l in d.log.splitlines():
+        if "event=backend_unavailable" in l:
+            f = parse_kv(l)
+            if f.get("backend") == addr:
+                return ts_ms(f["ts"])
+    raise AssertionError("no failure of %s logged:\n%s" % (addr, d.log))
 
 
 def failures(d):
