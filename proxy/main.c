@@ -204,6 +204,22 @@ worker_done(void *arg)
 	uv_async_send(&m->done_async);
 }
 
+/*
+ * The main loop's services: their handles must close for the loop to end
+ * (each is a no-op the second time); the endpoint reads the reloader, so
+ * it goes first.
+ */
+static void
+stop_services(struct mainctx *m)
+{
+
+	backend_resolver_stop();
+	metrics_http_stop(m->mhttp);
+	m->mhttp = NULL;
+	reloader_free(m->reloader);
+	m->reloader = NULL;
+}
+
 /* Async sends coalesce: count, don't trust the number of calls. */
 static void
 all_done_check(uv_async_t *as)
@@ -223,11 +239,7 @@ all_done_check(uv_async_t *as)
 		m->up_polling = 0;
 	}
 	uv_close((uv_handle_t *)&m->up_timer, close_cb);
-	backend_resolver_stop();
-	metrics_http_stop(m->mhttp);
-	m->mhttp = NULL;
-	reloader_free(m->reloader);
-	m->reloader = NULL;
+	stop_services(m);
 }
 
 /* The /metrics endpoint on the main loop, once the workers run. */
@@ -277,15 +289,7 @@ stop_accepting(struct mainctx *m)
 		worker_stop(m->ws[i]);
 	/* The workers close their copies; these are the last ones here. */
 	lsock_close_all(m->socks);
-	backend_resolver_stop();
-	/*
-	 * Their handles must close for the main loop to end; the endpoint
-	 * reads the reloader, so it goes first.
-	 */
-	metrics_http_stop(m->mhttp);
-	m->mhttp = NULL;
-	reloader_free(m->reloader);
-	m->reloader = NULL;
+	stop_services(m);
 }
 
 static int
