@@ -7,17 +7,32 @@
 #include "proto.h"
 #include "session_fuzz.h"
 
-/* Before TLS with require_tls only these reach the backend. */
+/* White space as Postfix's tokenizer sees it (ISSPACE in the C locale). */
+static int
+postfix_space(char c)
+{
+
+	return (c == ' ' || (c >= '\t' && c <= '\r'));
+}
+
+/*
+ * Before TLS with require_tls only these reach the backend.  The verb is
+ * read as the backend (Postfix's smtpd_token) reads it: leading white
+ * space skipped, ended by white space or NUL, so that what is checked
+ * here is what the backend would act on.
+ */
 int
 sf_allowed_smtp(const char *p, size_t len)
 {
 	static const char *ok[] = { "EHLO", "HELO", "NOOP", "RSET", "QUIT" };
-	size_t n = proto_chomp(p, len), v, i;
+	size_t n = proto_chomp(p, len), vs, ve, i;
 
-	for (v = 0; v < n && p[v] != ' '; v++)
+	for (vs = 0; vs < n && postfix_space(p[vs]); vs++)
+		continue;
+	for (ve = vs; ve < n && !postfix_space(p[ve]) && p[ve] != '\0'; ve++)
 		continue;
 	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
-		if (proto_word_eq(p, v, ok[i]))
+		if (proto_word_eq(p + vs, ve - vs, ok[i]))
 			return (1);
 	return (0);
 }
