@@ -103,6 +103,9 @@ struct imap {
 	enum imap_cstate cstate;
 	enum imap_wait	 wait;
 	int		 authed;
+	int		 swallowing;	/* after TLS, the new backend's
+					   greeting was dropped: so are the
+					   untagged OKs right after it */
 	unsigned	 outstanding;	/* tagged replies (and greeting) owed */
 
 	enum imap_cmd	 cur;		/* the command being sent */
@@ -665,8 +668,23 @@ imap_backend(struct imap *s, const char *line, size_t len,
 			s->outstanding--;
 		return (greeting(s, line, len, n, out));
 	}
-	if (s->state == IMAP_SWALLOW)
-		return (greeting(s, line, len, n, out));
+	if (s->state == IMAP_SWALLOW) {
+		v = greeting(s, line, len, n, out);
+		s->swallowing = (v == PROTO_DROP && !s->authed);
+		return (v);
+	}
+	if (s->swallowing) {
+		/*
+		 * A greeting can come in more than one untagged OK: Dovecot
+		 * sends "* OK Waiting for authentication process to
+		 * respond.." and its real greeting later.  Until the backend
+		 * says anything else, they are all the new backend's
+		 * greeting, which the client must not see after STARTTLS.
+		 */
+		if (n >= 5 && proto_word_eq(line, 5, "* OK "))
+			return (PROTO_DROP);
+		s->swallowing = 0;
+	}
 
 	/* A continuation request. */
 	if (n >= 1 && line[0] == '+') {
@@ -805,6 +823,7 @@ imap_tls_ready(void *st)
 
 	/* RFC 9051 6.2.1: discard everything learned before STARTTLS. */
 	s->state = IMAP_SWALLOW;
+	s->swallowing = 0;
 	s->cstate = IMAP_C_CMD;
 	s->b.tls = 1;
 	s->authed = 0;

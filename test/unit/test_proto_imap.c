@@ -190,6 +190,33 @@ test_starttls(void **state)
 	TO_BACKEND("");
 }
 
+/*
+ * After STARTTLS the new backend's greeting is not shown, also when it
+ * comes in two untagged OKs (Dovecot with a slow auth process).
+ */
+static void
+test_tls_ready_greeting_in_two_lines(void **state)
+{
+
+	(void)state;
+	start(1, 0, 1);
+	greet();
+	C("a STARTTLS\r\n");
+	TO_CLIENT("a OK Begin TLS negotiation now\r\n");
+	transcript_tls_ready();
+	C("b CAPABILITY\r\n");
+	TO_BACKEND("b CAPABILITY\r\n");
+	B("* OK Waiting for authentication process to respond..\r\n");
+	TO_CLIENT("");
+	B(DOVECOT_GREETING);
+	TO_CLIENT("");
+	B("* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nb OK done\r\n");
+	TO_CLIENT("* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nb OK done\r\n");
+	/* Once the backend said something else, untagged OKs pass. */
+	B("* OK [ALERT] maintenance at noon\r\n");
+	TO_CLIENT("* OK [ALERT] maintenance at noon\r\n");
+}
+
 static void
 test_tls_ready_bye(void **state)
 {
@@ -507,6 +534,8 @@ main(void)
 		cmocka_unit_test_teardown(test_refusals, teardown),
 		cmocka_unit_test_teardown(test_invalid_tag, teardown),
 		cmocka_unit_test_teardown(test_starttls, teardown),
+		cmocka_unit_test_teardown(test_tls_ready_greeting_in_two_lines,
+		    teardown),
 		cmocka_unit_test_teardown(test_tls_ready_bye, teardown),
 		cmocka_unit_test_teardown(test_sync_literal, teardown),
 		cmocka_unit_test_teardown(test_sync_literal_direct_reoffer,
