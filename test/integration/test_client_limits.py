@@ -425,9 +425,11 @@ class TableMemory(unittest.TestCase):
             if n == 10000:
                 rss["start"] = d.rss_kb()
         rss["end"] = d.rss_kb()
-        # A table that kept every address would need 100,000 entries of
-        # at least 32 bytes: over 2.5 MiB more.
-        self.assertLess(rss["end"] - rss["start"], 1024, rss)
+        # A table that kept every address would need 90,000 more entries
+        # of at least 32 bytes: over 2.7 MiB more.  The bounded table is
+        # 64 KiB; the allocator's own growth over 90,000 sessions in two
+        # worker threads was seen up to 1.2 MiB on a loaded machine.
+        self.assertLess(rss["end"] - rss["start"], 2048, rss)
         # The held client (its /64) was never forgotten: its cap holds.
         self.assertEqual(refused(A, port, "imap", "implicit",
                                  prefix=v1("2001:db8:77::2")), b"")
