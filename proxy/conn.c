@@ -731,6 +731,65 @@ new_session(struct worker *w, const struct listener *l)
 	return (session_new(&sc));
 }
 
+/* Free a connection that never had a handle. */
+static void
+conn_unmade(struct conn *c)
+{
+
+	free(c->addrs);
+	session_free(c->sess);
+	free(c);
+}
+
+/*
+ * A connection from ${peer} on listener ${l}, holding climit ${ticket},
+ * before any handle: its fields, its session engine, room for what a PROXY
+ * header toward the backend says.  NULL when out of memory.
+ */
+static struct conn *
+conn_new(struct worker *w, struct listener *l, const struct sockaddr *peer,
+    uint32_t ticket)
+{
+	const struct config_listener *lc = l->conf;
+	struct conn *c;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return (NULL);
+	c->climit = ticket;
+	c->w = w;
+	c->l = l;
+	c->lc = lc;
+	c->client.c = c;
+	c->client.is_client = 1;
+	c->client.connected = 1;
+	c->client.ready = 1;
+	c->t_start = c->last_active = uv_now(worker_loop(w));
+	conn_format_peer(peer, c->peer, sizeof(c->peer));
+	if ((l->proto != NULL && (c->sess = new_session(w, l)) == NULL) ||
+	    (lc->proxy_protocol != CONFIG_PP_NONE &&
+	    (c->addrs = calloc(1, sizeof(*c->addrs))) == NULL)) {
+		conn_unmade(c);
+		return (NULL);
+	}
+	return (c);
+}
+
+/* Who and where matter only to a PROXY header. */
+static void
+keep_addrs(struct conn *c, const struct sockaddr *peer, socklen_t peerlen)
+{
+	int sslen;
+
+	if (c->addrs == NULL)
+		return;
+	memcpy(&c->addrs->peer, peer, peerlen < sizeof(c->addrs->peer) ?
+	    peerlen : sizeof(c->addrs->peer));
+	sslen = sizeof(c->addrs->local);
+	if (uv_tcp_getsockname(&c->client.u.tcp,
+	    (struct sockaddr *)&c->addrs->local, &sslen) < 0)
+		memset(&c->addrs->local, 0, sizeof(c->addrs->local));
+}
+
 /**
  * conn_start(w, l, fd, peer, peerlen):
  * Take over the accepted socket ${fd} from ${peer} and start serving it on
@@ -743,32 +802,16 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	const struct config_listener *lc = l->conf;
 	struct conn *c;
 	uint32_t ticket = 0;
-	int sslen;
 
 	/* Over its limits, a client costs no more than this. */
 	if (!conn_trusted_proxy(lc, peer) && climit_gate(l->climit, lc, fd, peer,
 	    &ticket, worker_metrics(w), (size_t)worker_id(w),
 	    l->index) != CLIMIT_OK)
 		return (0);
-	if ((c = calloc(1, sizeof(*c))) == NULL)
+	if ((c = conn_new(w, l, peer, ticket)) == NULL)
 		goto err0;
-	c->climit = ticket;
-	c->w = w;
-	c->l = l;
-	c->lc = lc;
-	c->client.c = c;
-	c->client.is_client = 1;
-	c->client.connected = 1;
-	c->client.ready = 1;
-	c->t_start = c->last_active = uv_now(worker_loop(w));
-	conn_format_peer(peer, c->peer, sizeof(c->peer));
-	if (l->proto != NULL && (c->sess = new_session(w, l)) == NULL)
-		goto err1;
-	if (lc->proxy_protocol != CONFIG_PP_NONE &&
-	    (c->addrs = calloc(1, sizeof(*c->addrs))) == NULL)
-		goto err2;
 	if (uv_tcp_init(worker_loop(w), &c->client.u.tcp) < 0)
-		goto err2;
+		goto err1;
 	c->client.u.h.data = &c->client;
 	if (uv_tcp_open(&c->client.u.tcp, fd) < 0) {
 		/* The handle exists: close it the normal way. */
@@ -776,13 +819,13 @@ conn_start(struct worker *w, struct listener *l, int fd,
 		c->nhandles = 1;
 		close(fd);
 		fd = -1;
-		goto err3;
+		goto err2;
 	}
 	c->client.open = 1;
 	c->nhandles = 1;
 	/* TCP_NODELAY comes from the listening socket (worker.c). */
 	if (uv_timer_init(worker_loop(w), &c->timer) < 0)
-		goto err3;
+		goto err2;
 	c->timer.data = c;
 	c->nhandles++;
 
@@ -790,16 +833,7 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	c->listed = 1;
 	count(c, METRIC_CONN_TOTAL, 1);
 	count(c, METRIC_CONN_ACTIVE, 1);
-
-	/* Who and where matter only to a PROXY header. */
-	if (c->addrs != NULL) {
-		memcpy(&c->addrs->peer, peer, peerlen < sizeof(c->addrs->peer) ?
-		    peerlen : sizeof(c->addrs->peer));
-		sslen = sizeof(c->addrs->local);
-		if (uv_tcp_getsockname(&c->client.u.tcp,
-		    (struct sockaddr *)&c->addrs->local, &sslen) < 0)
-			memset(&c->addrs->local, 0, sizeof(c->addrs->local));
-	}
+	keep_addrs(c, peer, peerlen);
 	if (conn_trusted_proxy(lc, peer)) {
 		/* A load balancer in front: its header says who the client is. */
 		c->phase = CONN_PROXY_HDR;
@@ -811,7 +845,7 @@ conn_start(struct worker *w, struct listener *l, int fd,
 	conn_start_session(c, NULL, 0);
 	return (0);
 
-err3:
+err2:
 	/* Not yet on the worker's list: free here once the handle is closed. */
 	c->phase = CONN_CLOSING;
 	c->freed_handles = 1;
@@ -819,11 +853,8 @@ err3:
 	c->nhandles = 1;
 	uv_close(&c->client.u.h, side_close_cb);
 	return (-1);
-err2:
-	free(c->addrs);
-	session_free(c->sess);
 err1:
-	free(c);
+	conn_unmade(c);
 err0:
 	climit_release(l->climit, ticket);
 	if (fd >= 0)
