@@ -28,6 +28,28 @@ side_failed(struct side *s, int err)
 		    s->is_client ? "client" : "backend", uv_strerror(err));
 }
 
+/*
+ * A write request holding a copy of ${data}, counted in ${s}'s queue from
+ * now on (backpressure); NULL, with the side failed, when out of memory.
+ */
+static struct wreq *
+wreq_new(struct side *s, const void *data, size_t len)
+{
+	struct wreq *w;
+
+	if ((w = malloc(sizeof(*w) + len)) == NULL) {
+		side_failed(s, UV_ENOMEM);
+		return (NULL);
+	}
+	w->side = s;
+	w->next = NULL;
+	w->len = len;
+	w->req.data = w;
+	memcpy(w->data, data, len);
+	s->queued += len;
+	return (w);
+}
+
 static int
 submit(struct side *s, struct wreq *w)
 {
@@ -69,16 +91,8 @@ raw_write(struct side *s, const void *data, size_t len)
 			len -= (size_t)n;
 		}
 	}
-	if ((w = malloc(sizeof(*w) + len)) == NULL) {
-		side_failed(s, UV_ENOMEM);
+	if ((w = wreq_new(s, data, len)) == NULL)
 		return (-1);
-	}
-	w->side = s;
-	w->next = NULL;
-	w->len = len;
-	w->req.data = w;
-	memcpy(w->data, data, len);
-	s->queued += len;
 	return (submit(s, w));
 }
 
@@ -92,15 +106,8 @@ pend_write(struct side *s, const void *data, size_t len)
 {
 	struct wreq *w;
 
-	if ((w = malloc(sizeof(*w) + len)) == NULL) {
-		side_failed(s, UV_ENOMEM);
+	if ((w = wreq_new(s, data, len)) == NULL)
 		return (-1);
-	}
-	w->side = s;
-	w->next = NULL;
-	w->len = len;
-	memcpy(w->data, data, len);
-	s->queued += len;
 	if (s->pend_tail != NULL)
 		s->pend_tail->next = w;
 	else
