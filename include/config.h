@@ -205,6 +205,15 @@ const char *config_parse_cidr(const char *, struct config_cidr *);
 int config_cidr_match(const struct config_cidr *, const struct sockaddr *);
 
 /**
+ * config_sockaddr_text(sa, buf, len):
+ * Write the socket address ${sa} to ${buf} (at most ${len} bytes) as logs
+ * and metrics show addresses, the way they are written in the file:
+ * "192.0.2.1:25", "[2001:db8::1]:25", "unix:/path", or "local" for a
+ * socket without a name (a unix-socket peer).
+ */
+void config_sockaddr_text(const struct sockaddr *, char *, size_t);
+
+/**
  * config_proto_name(proto):
  * Return the name of ${proto} as written in the file: "smtp", "imap",
  * "pop3" or "none".

@@ -25,7 +25,4 @@ void	conn_proxy_header_in(struct conn *, const char *, size_t);
 /* Tell backend ${b} who the client is; 0 or -1. */
 int	conn_proxy_header_out(struct conn *, struct side *);
 
-/* "host:port", "[v6]:port" or "local". */
-void	conn_format_peer(const struct sockaddr *, char *, size_t);
-
 #endif

@@ -165,29 +165,6 @@ backend_clock_advance(uint64_t ms)
 	clock_skew += ms;
 }
 
-static void
-format_addr(const struct sockaddr *sa, char *buf, size_t len)
-{
-	char host[INET6_ADDRSTRLEN];
-
-	if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *in = (const void *)sa;
-
-		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-		snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
-	} else if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const void *)sa;
-
-		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-		snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
-	} else if (sa->sa_family == AF_UNIX) {
-		const struct sockaddr_un *un = (const void *)sa;
-
-		snprintf(buf, len, "unix:%s", un->sun_path);
-	} else
-		snprintf(buf, len, "?");
-}
-
 /* Failover order: by backend line, then by place in the line's answer. */
 static void
 rebuild_order(struct backend_pool *p)
@@ -264,7 +241,7 @@ add_cand(struct backend_pool *p, unsigned e, unsigned pos,
 	c->pos = pos;
 	memcpy(&c->ss, sa, len);
 	c->sslen = len;
-	format_addr(sa, c->text, sizeof(c->text));
+	config_sockaddr_text(sa, c->text, sizeof(c->text));
 	seen[fr] = 1;
 	return (1);
 }

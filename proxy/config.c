@@ -1666,3 +1666,31 @@ config_free(struct config *cfg)
 	free(cfg->ticket_key_file);
 	free(cfg);
 }
+
+/**
+ * config_sockaddr_text(sa, buf, len):
+ * Write the socket address ${sa} to ${buf} (at most ${len} bytes) as logs
+ * and metrics show addresses.
+ */
+void
+config_sockaddr_text(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)sa;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+	} else if (sa->sa_family == AF_UNIX &&
+	    ((const struct sockaddr_un *)(const void *)sa)->sun_path[0] != '\0')
+		snprintf(buf, len, "unix:%s",
+		    ((const struct sockaddr_un *)(const void *)sa)->sun_path);
+	else
+		snprintf(buf, len, "local");
+}

@@ -764,7 +764,7 @@ conn_new(struct worker *w, struct listener *l, const struct sockaddr *peer,
 	c->client.connected = 1;
 	c->client.ready = 1;
 	c->t_start = c->last_active = uv_now(worker_loop(w));
-	conn_format_peer(peer, c->peer, sizeof(c->peer));
+	config_sockaddr_text(peer, c->peer, sizeof(c->peer));
 	if ((l->proto != NULL && (c->sess = new_session(w, l)) == NULL) ||
 	    (lc->proxy_protocol != CONFIG_PP_NONE &&
 	    (c->addrs = calloc(1, sizeof(*c->addrs))) == NULL)) {

@@ -85,7 +85,7 @@ conn_proxy_header_in(struct conn *c, const char *data, size_t len)
 			memcpy(&c->addrs->local, &h.dst,
 			    sizeof(c->addrs->local));
 		}
-		conn_format_peer((const struct sockaddr *)&h.src, c->peer,
+		config_sockaddr_text((const struct sockaddr *)&h.src, c->peer,
 		    sizeof(c->peer));
 	}
 	/* The rest is the client's own: hand it on, from a copy. */
@@ -94,25 +94,6 @@ conn_proxy_header_in(struct conn *c, const char *data, size_t len)
 		memcpy(worker_rbuf(c->w), c->client.lb + used, len);
 	lb_free(&c->client);
 	conn_start_session(c, worker_rbuf(c->w), len);
-}
-
-void
-conn_format_peer(const struct sockaddr *sa, char *buf, size_t len)
-{
-	char host[INET6_ADDRSTRLEN];
-
-	if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *in = (const void *)sa;
-
-		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-		snprintf(buf, len, "%s:%u", host, ntohs(in->sin_port));
-	} else if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const void *)sa;
-
-		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-		snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
-	} else
-		snprintf(buf, len, "local");
 }
 
 /* Tell the backend who the client is (and, v2, how it reached us). */
