@@ -112,3 +112,28 @@ proto_cmd_find(const struct proto_cmd *tab, size_t n, const char *w,
 			return (&tab[i]);
 	return (NULL);
 }
+
+/**
+ * proto_span_body(p, avail, max, crlf):
+ * The whole plain body lines at the start of ${p} (see proto_base.h).
+ */
+size_t
+proto_span_body(const char *p, size_t avail, size_t max, int crlf)
+{
+	const char *q = p, *end = p + avail, *lf;
+	size_t len;
+
+	/* One memchr per line, no call per line: the hot path of a body. */
+	while (q < end) {
+		len = (size_t)(end - q);
+		if ((lf = memchr(q, '\n', len > max ? max : len)) == NULL)
+			break;
+		len = (size_t)(lf - q) + 1;
+		if (q[0] == '.' && len <= 3)
+			break;
+		if (crlf && (len < 2 || lf[-1] != '\r'))
+			break;
+		q = lf + 1;
+	}
+	return ((size_t)(q - p));
+}

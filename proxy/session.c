@@ -527,6 +527,16 @@ step(struct session *s, enum proto_side side, const char *p, size_t n)
 		emit_ref(s, other(side), p, raw);
 		return (raw);
 	}
+	/*
+	 * Message content the handler would pass line by line unchanged goes
+	 * on whole (on TLS only: before, line_ok() looks at every line).
+	 */
+	if (s->c.ops->span != NULL && (s->c.opts.client_on_tls || s->tls) &&
+	    (len = s->c.ops->span(s->st, side, p, n)) > 0) {
+		emit_ref(s, other(side), p, len);
+		s->lined = 1;
+		return (len);
+	}
 	eol = memchr(p, '\n', n > max ? max : n);
 	len = eol != NULL ? (size_t)(eol - p) + 1 : n;
 	if (line_ok(s, side, p, len, eol != NULL) < 0)
