@@ -3,6 +3,9 @@
  * proto_base.h).  No I/O.
  */
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "proto_base.h"
 
@@ -113,6 +116,33 @@ proto_cmd_find(const struct proto_cmd *tab, size_t n, const char *w,
 	return (NULL);
 }
 
+/*
+ * Is ${i} where the block scan stops: a bare LF (with ${crlf}), or a dot
+ * that starts a line of at most 3 octets (the end of the block, for the
+ * handler)?  ${last} is the region's last LF, so that reads stay in it.
+ */
+static int
+stop_at(const char *p, size_t i, const char *last, int crlf)
+{
+	const char *q = p + i;
+
+	if (*q == '\n')
+		return (crlf && (i == 0 || q[-1] != '\r'));
+	if (*q == '.' && (i == 0 || q[-1] == '\n'))
+		return (q[1] == '\n' || (q + 1 < last && q[2] == '\n'));
+	return (0);
+}
+
+/* The start of the line that holds ${i}. */
+static size_t
+line_start(const char *p, size_t i)
+{
+
+	while (i > 0 && p[i - 1] != '\n')
+		i--;
+	return (i);
+}
+
 /**
  * proto_span_body(p, avail, max, crlf):
  * The whole plain body lines at the start of ${p} (see proto_base.h).
@@ -120,20 +150,49 @@ proto_cmd_find(const struct proto_cmd *tab, size_t n, const char *w,
 size_t
 proto_span_body(const char *p, size_t avail, size_t max, int crlf)
 {
-	const char *q = p, *end = p + avail, *lf;
-	size_t len;
+	const char *last;
+	size_t i = 0, end;
+#ifdef __SSE2__
+	const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+	const __m128i dot = _mm_set1_epi8('.');
+	__m128i v, pv, m;
+	unsigned bits;
+#endif
 
-	/* One memchr per line, no call per line: the hot path of a body. */
-	while (q < end) {
-		len = (size_t)(end - q);
-		if ((lf = memchr(q, '\n', len > max ? max : len)) == NULL)
-			break;
-		len = (size_t)(lf - q) + 1;
-		if (q[0] == '.' && len <= 3)
-			break;
-		if (crlf && (len < 2 || lf[-1] != '\r'))
-			break;
-		q = lf + 1;
+	/*
+	 * A region of at most max octets holds no whole line longer than
+	 * that, so only its line ends and its dots need a look.  No call per
+	 * line: this is the hot path of message data.
+	 */
+	if (avail > max)
+		avail = max;
+	if (avail == 0 || (last = memrchr(p, '\n', avail)) == NULL)
+		return (0);
+	end = (size_t)(last - p) + 1;
+	if (stop_at(p, 0, last, crlf))
+		return (0);
+	i = 1;
+#ifdef __SSE2__
+	/* 16 octets at a time: an LF not after CR, a dot after LF. */
+	for (; i + 16 <= end; i += 16) {
+		v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+		pv = _mm_loadu_si128((const __m128i *)(const void *)(p + i - 1));
+		m = _mm_and_si128(_mm_cmpeq_epi8(v, dot),
+		    _mm_cmpeq_epi8(pv, lf));
+		if (crlf)
+			m = _mm_or_si128(m, _mm_andnot_si128(
+			    _mm_cmpeq_epi8(pv, cr), _mm_cmpeq_epi8(v, lf)));
+		for (bits = (unsigned)_mm_movemask_epi8(m); bits != 0;
+		    bits &= bits - 1) {
+			if (stop_at(p, i + (size_t)__builtin_ctz(bits), last,
+			    crlf))
+				return (line_start(p,
+				    i + (size_t)__builtin_ctz(bits)));
+		}
 	}
-	return ((size_t)(q - p));
+#endif
+	for (; i < end; i++)
+		if (stop_at(p, i, last, crlf))
+			return (line_start(p, i));
+	return (end);
 }
