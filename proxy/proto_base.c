@@ -2,6 +2,7 @@
  * proto_base: the state and helpers the three protocol handlers share (see
  * proto_base.h).  No I/O.
  */
+#include <stdint.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -143,6 +144,24 @@ line_start(const char *p, size_t i)
 	return (i);
 }
 
+#ifdef __SSE2__
+/* One bit per octet of the 64 at ${p} that equals the one in ${c}. */
+static inline uint64_t
+mask64(const char *p, __m128i c)
+{
+	const __m128i *v = (const __m128i *)(const void *)p;
+
+	return ((uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v), c)) |
+	    (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v + 1), c)) << 16 |
+	    (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v + 2), c)) << 32 |
+	    (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v + 3), c)) << 48);
+}
+#endif
+
 /**
  * proto_span_body(p, avail, max, crlf):
  * The whole plain body lines at the start of ${p} (see proto_base.h).
@@ -155,8 +174,7 @@ proto_span_body(const char *p, size_t avail, size_t max, int crlf)
 #ifdef __SSE2__
 	const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
 	const __m128i dot = _mm_set1_epi8('.');
-	__m128i v, pv, m;
-	unsigned bits;
+	uint64_t l, c, d, stop, lfin = 1, crin = 0;
 #endif
 
 	/*
@@ -169,26 +187,28 @@ proto_span_body(const char *p, size_t avail, size_t max, int crlf)
 	if (avail == 0 || (last = memrchr(p, '\n', avail)) == NULL)
 		return (0);
 	end = (size_t)(last - p) + 1;
-	if (stop_at(p, 0, last, crlf))
-		return (0);
-	i = 1;
 #ifdef __SSE2__
-	/* 16 octets at a time: an LF not after CR, a dot after LF. */
-	for (; i + 16 <= end; i += 16) {
-		v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-		pv = _mm_loadu_si128((const __m128i *)(const void *)(p + i - 1));
-		m = _mm_and_si128(_mm_cmpeq_epi8(v, dot),
-		    _mm_cmpeq_epi8(pv, lf));
+	/*
+	 * 64 octets at a time, as bit masks: an LF whose previous octet is
+	 * not CR, a dot whose previous octet is LF (or the start).  The
+	 * previous octet of a block's first is the last bit of the block
+	 * before (lfin, crin).  Dot candidates (dot-stuffed lines) are
+	 * checked one by one.
+	 */
+	for (; i + 64 <= end; i += 64) {
+		l = mask64(p + i, lf);
+		c = mask64(p + i, cr);
+		d = mask64(p + i, dot);
+		stop = d & (l << 1 | lfin);
 		if (crlf)
-			m = _mm_or_si128(m, _mm_andnot_si128(
-			    _mm_cmpeq_epi8(pv, cr), _mm_cmpeq_epi8(v, lf)));
-		for (bits = (unsigned)_mm_movemask_epi8(m); bits != 0;
-		    bits &= bits - 1) {
-			if (stop_at(p, i + (size_t)__builtin_ctz(bits), last,
-			    crlf))
+			stop |= l & ~(c << 1 | crin);
+		for (; stop != 0; stop &= stop - 1)
+			if (stop_at(p, i + (size_t)__builtin_ctzll(stop),
+			    last, crlf))
 				return (line_start(p,
-				    i + (size_t)__builtin_ctz(bits)));
-		}
+				    i + (size_t)__builtin_ctzll(stop)));
+		lfin = l >> 63;
+		crin = c >> 63;
 	}
 #endif
 	for (; i < end; i++)
