@@ -66,14 +66,6 @@ for p in mailtlsd relay haproxy; do
 		relay:setup-stls | relay:idle-* | haproxy:stls-* | \
 		    haproxy:setup-stls | haproxy:idle-*) continue ;;
 		esac
-		if [ "$p:$s" = mailtlsd:imap-search ] &&
-		    has "$p" "$s" status n/a-line-too-long; then
-			# Mail listeners close lines over 64 KiB today (issue
-			# 12); once they do not, this scenario must pass.
-			echo "smoke: KNOWN: mailtlsd closes the 100 KB SEARCH" \
-			    "line (n/a)" >&2
-			continue
-		fi
 		if ! has "$p" "$s" status ok; then
 			echo "smoke: $p $s did not complete" >&2
 			status=1

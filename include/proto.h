@@ -73,6 +73,18 @@ struct proto_ops {
 	size_t		 (*raw)(void *st, enum proto_side side, size_t avail);
 
 	/*
+	 * Optional (NULL: none).  How many of the ${avail} bytes at ${p} from
+	 * ${side} are whole lines, each at most max_line octets, that line()
+	 * would pass on unchanged (PROTO_FORWARD) without a change of state
+	 * that matters: message content inside DATA or a RETR response.  The
+	 * engine passes them on in one piece without offering each line; 0:
+	 * offer the next line.  Asked only once the client is on TLS (before,
+	 * the engine checks every line for NUL and control characters).
+	 */
+	size_t		 (*span)(void *st, enum proto_side side, const char *p,
+			    size_t avail);
+
+	/*
 	 * The longest line from ${side} that the handler will take in its
 	 * present state (at most max_line).  conn closes a connection whose
 	 * unfinished line has grown past it, without waiting for the line

@@ -91,4 +91,14 @@ struct proto_cmd {
 const struct proto_cmd *proto_cmd_find(const struct proto_cmd *, size_t,
     const char *, size_t);
 
+/**
+ * proto_span_body(p, avail, max, crlf):
+ * The length of the whole lines at the start of the ${avail} bytes at ${p}
+ * that are plain body lines of a dot-terminated block (message content,
+ * a multi-line response): each at most ${max} octets, none starting with a
+ * dot and at most 3 octets long (".", the end, is for the handler), and
+ * with ${crlf} none ending in a bare LF (the handler rewrites those).
+ */
+size_t proto_span_body(const char *, size_t, size_t, int);
+
 #endif

@@ -2,7 +2,11 @@
  * proto_base: the state and helpers the three protocol handlers share (see
  * proto_base.h).  No I/O.
  */
+#include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "proto_base.h"
 
@@ -111,4 +115,104 @@ proto_cmd_find(const struct proto_cmd *tab, size_t n, const char *w,
 		if (proto_word_eq(w, wlen, tab[i].name))
 			return (&tab[i]);
 	return (NULL);
+}
+
+/*
+ * Is ${i} where the block scan stops: a bare LF (with ${crlf}), or a dot
+ * that starts a line of at most 3 octets (the end of the block, for the
+ * handler)?  ${last} is the region's last LF, so that reads stay in it.
+ */
+static int
+stop_at(const char *p, size_t i, const char *last, int crlf)
+{
+	const char *q = p + i;
+
+	if (*q == '\n')
+		return (crlf && (i == 0 || q[-1] != '\r'));
+	if (*q == '.' && (i == 0 || q[-1] == '\n'))
+		return (q[1] == '\n' || (q + 1 < last && q[2] == '\n'));
+	return (0);
+}
+
+/* The start of the line that holds ${i}. */
+static size_t
+line_start(const char *p, size_t i)
+{
+
+	while (i > 0 && p[i - 1] != '\n')
+		i--;
+	return (i);
+}
+
+#ifdef __SSE2__
+/* One bit per octet of the 64 at ${p} that equals the one in ${c}. */
+static inline uint64_t
+mask64(const char *p, __m128i c)
+{
+	const __m128i *v = (const __m128i *)(const void *)p;
+
+	return ((uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v), c)) |
+	    (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v + 1), c)) << 16 |
+	    (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v + 2), c)) << 32 |
+	    (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(
+	    _mm_loadu_si128(v + 3), c)) << 48);
+}
+#endif
+
+/**
+ * proto_span_body(p, avail, max, crlf):
+ * The whole plain body lines at the start of ${p} (see proto_base.h).
+ */
+size_t
+proto_span_body(const char *p, size_t avail, size_t max, int crlf)
+{
+	const char *last;
+	size_t i = 0, end;
+#ifdef __SSE2__
+	const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+	const __m128i dot = _mm_set1_epi8('.');
+	uint64_t l, c, d, stop, lfin = 1, crin = 0;
+#endif
+
+	/*
+	 * A region of at most max octets holds no whole line longer than
+	 * that, so only its line ends and its dots need a look.  No call per
+	 * line: this is the hot path of message data.
+	 */
+	if (avail > max)
+		avail = max;
+	if (avail == 0 || (last = memrchr(p, '\n', avail)) == NULL)
+		return (0);
+	end = (size_t)(last - p) + 1;
+#ifdef __SSE2__
+	/*
+	 * 64 octets at a time, as bit masks: an LF whose previous octet is
+	 * not CR, a dot whose previous octet is LF (or the start).  The
+	 * previous octet of a block's first is the last bit of the block
+	 * before (lfin, crin).  Dot candidates (dot-stuffed lines) are
+	 * checked one by one.
+	 */
+	for (; i + 64 <= end; i += 64) {
+		l = mask64(p + i, lf);
+		c = mask64(p + i, cr);
+		d = mask64(p + i, dot);
+		stop = d & (l << 1 | lfin);
+		if (crlf)
+			stop |= l & ~(c << 1 | crin);
+		for (; stop != 0; stop &= stop - 1)
+			if (stop_at(p, i + (size_t)__builtin_ctzll(stop),
+			    last, crlf))
+				return (line_start(p,
+				    i + (size_t)__builtin_ctzll(stop)));
+		lfin = l >> 63;
+		crin = c >> 63;
+	}
+#endif
+	for (; i < end; i++)
+		if (stop_at(p, i, last, crlf))
+			return (line_start(p, i));
+	return (end);
 }

@@ -103,6 +103,18 @@ pop3_raw(void *st, enum proto_side side, size_t avail)
 	return (0);
 }
 
+/* A multi-line response but its last line (CAPA is filtered line by line). */
+static size_t
+pop3_span(void *st, enum proto_side side, const char *p, size_t avail)
+{
+	struct pop3 *s = st;
+
+	if (side != PROTO_BACKEND || !s->multi || s->multicmd == POP3_C_CAPA ||
+	    s->swallow || s->state == POP3_STARTTLS || s->state == POP3_DEAD)
+		return (0);
+	return (proto_span_body(p, avail, POP3_MAX_LINE, 0));
+}
+
 static enum proto_verdict
 pop3_command(struct pop3 *s, const char *line, size_t len,
     struct proto_out *out)
@@ -396,6 +408,7 @@ const struct proto_ops proto_pop3_ops = {
 	.max_line = POP3_MAX_LINE,
 	.init = pop3_init,
 	.raw = pop3_raw,
+	.span = pop3_span,
 	.line_limit = pop3_line_limit,
 	.line = pop3_line,
 	.tls_ready = pop3_tls_ready,

@@ -149,6 +149,17 @@ smtp_raw(void *st, enum proto_side side, size_t avail)
 	return (n);
 }
 
+/* Message content but its last line and bare-LF lines: pass it on whole. */
+static size_t
+smtp_span(void *st, enum proto_side side, const char *p, size_t avail)
+{
+	struct smtp *s = st;
+
+	if (side != PROTO_CLIENT || s->state != SMTP_CONTENT)
+		return (0);
+	return (proto_span_body(p, avail, SMTP_MAX_LINE, 1));
+}
+
 /*
  * Parse the argument of BDAT strictly: 1*DIGIT [SP "LAST"] (RFC 3030 2).
  * Anything else is refused locally, so that the proxy and the backend never
@@ -593,6 +604,7 @@ const struct proto_ops proto_smtp_ops = {
 	.max_line = SMTP_MAX_LINE,
 	.init = smtp_init,
 	.raw = smtp_raw,
+	.span = smtp_span,
 	.line_limit = smtp_line_limit,
 	.line = smtp_line,
 	.tls_ready = smtp_tls_ready,

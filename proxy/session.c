@@ -180,9 +180,9 @@ sbuf_clear(struct sbuf *b)
 	b->pos = b->len = 0;
 }
 
-/* Keep ${len} bytes for later; the buffer is bounded. */
+/* Make room for ${len} more bytes; the buffer is bounded. */
 static int
-sbuf_add(struct sbuf *b, const char *data, size_t len, size_t max)
+sbuf_reserve(struct sbuf *b, size_t len, size_t max)
 {
 	size_t ncap;
 	char *np;
@@ -200,8 +200,28 @@ sbuf_add(struct sbuf *b, const char *data, size_t len, size_t max)
 		b->p = np;
 		b->cap = ncap;
 	}
-	memcpy(b->p + b->len, data, len);
+	return (0);
+}
+
+/* Append ${len} bytes for which there is room. */
+static void
+sbuf_put(struct sbuf *b, const char *data, size_t len)
+{
+
+	assert(b->len + len <= b->cap || len == 0);
+	if (len > 0)
+		memcpy(b->p + b->len, data, len);
 	b->len += len;
+}
+
+/* Keep ${len} bytes for later; the buffer is bounded. */
+static int
+sbuf_add(struct sbuf *b, const char *data, size_t len, size_t max)
+{
+
+	if (sbuf_reserve(b, len, max) < 0)
+		return (-1);
+	sbuf_put(b, data, len);
 	return (0);
 }
 
@@ -527,6 +547,16 @@ step(struct session *s, enum proto_side side, const char *p, size_t n)
 		emit_ref(s, other(side), p, raw);
 		return (raw);
 	}
+	/*
+	 * Message content the handler would pass line by line unchanged goes
+	 * on whole (on TLS only: before, line_ok() looks at every line).
+	 */
+	if (s->c.ops->span != NULL && (s->c.opts.client_on_tls || s->tls) &&
+	    (len = s->c.ops->span(s->st, side, p, n)) > 0) {
+		emit_ref(s, other(side), p, len);
+		s->lined = 1;
+		return (len);
+	}
 	eol = memchr(p, '\n', n > max ? max : n);
 	len = eol != NULL ? (size_t)(eol - p) + 1 : n;
 	if (line_ok(s, side, p, len, eol != NULL) < 0)
@@ -589,6 +619,7 @@ input(struct session *s, enum proto_side side, const char *data, size_t len)
 {
 	struct sbuf *b = &s->in[side];
 	size_t used = 0, cap = s->c.ops->max_line + READ_SLACK;
+	const char *lf;
 
 	begin(s);
 	/*
@@ -603,10 +634,26 @@ input(struct session *s, enum proto_side side, const char *data, size_t len)
 		if (!s->closed && !s->tlswait && used < len &&
 		    sbuf_add(b, data + used, len - used, cap) < 0)
 			buffer_full(s, side);
-	} else if (sbuf_add(b, data, len, cap) < 0)
+	} else if (sbuf_reserve(b, len, cap) < 0)
 		buffer_full(s, side);
-	else
+	else {
+		/*
+		 * Complete the buffered line from the new bytes; if that
+		 * empties the buffer, take the rest straight from the
+		 * caller's bytes, so that a read is not copied whole because
+		 * the last one ended inside a line.  The room is reserved
+		 * first: actions point into the buffer, it must not move.
+		 */
+		lf = memchr(data, '\n', len);
+		used = lf != NULL ? (size_t)(lf - data) + 1 : len;
+		sbuf_put(b, data, used);
 		run(s, side, b->p, b->len, &b->pos);
+		if (used < len && b->pos == b->len && !s->closed &&
+		    !s->tlswait && !(side == PROTO_CLIENT && s->held))
+			run(s, side, data, len, &used);
+		if (!s->closed && !s->tlswait)
+			sbuf_put(b, data + used, len - used);
+	}
 	if (s->tlswait) {
 		/* Still referenced by actions; compacted by the next call. */
 		sbuf_clear(&s->in[PROTO_CLIENT]);

@@ -262,6 +262,62 @@ test_held_line_offered_again_in_the_same_call(void **state)
 	assert_true(session_client_readable(d.s));
 }
 
+/*
+ * Message content on TLS goes on in one piece, but the lines the handler
+ * must see still reach it: a bare LF line is rewritten, the dot ends the
+ * message, and the command after it in the same read is a command.
+ */
+static void
+test_smtp_content_in_one_piece(void **state)
+{
+
+	(void)state;
+	transcript_start(&proto_smtp_ops, "mx.example.com", 0, 1, 0);
+	BS("220 mx ESMTP\r\n");
+	CS("EHLO c\r\n");
+	BS("250-mx\r\n250 PIPELINING\r\n");
+	CS("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+	BS("250 ok\r\n250 ok\r\n354 go\r\n");
+	d.to[PROTO_CLIENT].len = d.to[PROTO_BACKEND].len = 0;
+	CS("a\r\n..\r\n.x\r\n\001\r\nbare\nc\r\n.\r\nSTARTTLS\r\nRSET\r\n");
+	/* The rewritten line is the engine's; the rest the caller's bytes. */
+	assert_string_equal(last, "B:a\r\n..\r\n.x\r\n\001\r\n|B:bare\r\n|"
+	    "B:c\r\n.\r\n");
+	TO_BACKEND("a\r\n..\r\n.x\r\n\001\r\nbare\r\nc\r\n.\r\n");
+	/* STARTTLS waits for the dot's reply, RSET for the refusal. */
+	BS("250 queued\r\n");
+	TO_CLIENT("250 queued\r\n503 5.5.1 Error: TLS already active\r\n");
+	TO_BACKEND("RSET\r\n");
+	assert_false(d.closed);
+}
+
+/*
+ * A RETR response on TLS goes on in one piece; a command held behind it is
+ * answered after its last line, not inside it.
+ */
+static void
+test_pop3_retr_in_one_piece(void **state)
+{
+
+	(void)state;
+	transcript_start(&proto_pop3_ops, "pop.example.com", 0, 1, 0);
+	BS("+OK ready\r\n");
+	CS("RETR 1\r\nSTLS\r\n");
+	TO_CLIENT("+OK ready\r\n");
+	TO_BACKEND("RETR 1\r\n");
+	BS("+OK 9 octets\r\nab\r\n..\r\nbare\n.\r\n");
+	assert_string_equal(last, "C:+OK 9 octets\r\nab\r\n..\r\nbare\n.\r\n|"
+	    "C:-ERR TLS already active\r\n");
+	TO_CLIENT("+OK 9 octets\r\nab\r\n..\r\nbare\n.\r\n"
+	    "-ERR TLS already active\r\n");
+	/* The response is over: the next backend line is a response. */
+	CS("NOOP\r\n");
+	TO_BACKEND("NOOP\r\n");
+	BS("+OK\r\n");
+	TO_CLIENT("+OK\r\n");
+	assert_false(d.closed);
+}
+
 int
 main(void)
 {
@@ -282,6 +338,10 @@ main(void)
 		    test_backend_close_verdict_tells_the_client, teardown),
 		cmocka_unit_test_teardown(
 		    test_held_line_offered_again_in_the_same_call, teardown),
+		cmocka_unit_test_teardown(test_smtp_content_in_one_piece,
+		    teardown),
+		cmocka_unit_test_teardown(test_pop3_retr_in_one_piece,
+		    teardown),
 	};
 
 	return (cmocka_run_group_tests(tests, NULL, NULL));
