@@ -1,8 +1,9 @@
 /*
  * proto: the protocol handlers (SMTP, IMAP, POP3) that see the plaintext
- * dialogue line by line.  They do no I/O: conn.c splits the byte streams into
- * lines (or opaque runs of bytes, such as IMAP literals), asks the handler
- * what to do with each, and carries out the verdict.
+ * dialogue line by line.  They do no I/O: the session engine (session.c)
+ * splits the byte streams into lines (or opaque runs of bytes, such as IMAP
+ * literals), asks the handler what to do with each, and turns the verdict
+ * into actions for conn.c.
  */
 #ifndef MAILTLSD_PROTO_H
 #define MAILTLSD_PROTO_H
@@ -58,7 +59,7 @@ struct proto_opts {
 
 struct proto_ops {
 	const char	*name;		/* "smtp", "imap", "pop3" */
-	size_t		 state_size;	/* conn allocates this much, zeroed */
+	size_t		 state_size;	/* the engine allocates this much, zeroed */
 	size_t		 max_line;	/* longest line, CRLF included, accepted
 					   while parsing; longer closes the conn */
 
@@ -86,20 +87,24 @@ struct proto_ops {
 
 	/*
 	 * The longest line from ${side} that the handler will take in its
-	 * present state (at most max_line).  conn closes a connection whose
+	 * present state (at most max_line).  The engine closes a session whose
 	 * unfinished line has grown past it, without waiting for the line
 	 * ending that would only let the handler refuse it.
 	 */
 	size_t		 (*line_limit)(const void *st, enum proto_side side);
 
 	/*
-	 * One complete line from ${side}, its line ending (CRLF or bare LF)
-	 * included in ${len}.  While the client is in plaintext on a STARTTLS
-	 * listener conn closes on a NUL byte instead; once on TLS a line may
-	 * contain NUL (message content).
+	 * One complete line from the client (client_line) or the backend
+	 * (backend_line), its line ending (CRLF or bare LF) included in ${len}
+	 * (never 0); ${out} is empty on entry.  While the client is in
+	 * plaintext on a STARTTLS listener the engine closes on a NUL byte
+	 * instead; once on TLS a line may contain NUL (message content).  Only
+	 * client lines may be answered PROTO_HOLD, PROTO_REPLY or PROTO_STARTTLS.
 	 */
-	enum proto_verdict (*line)(void *st, enum proto_side side,
-			    const char *line, size_t len, struct proto_out *out);
+	enum proto_verdict (*client_line)(void *st, const char *line,
+			    size_t len, struct proto_out *out);
+	enum proto_verdict (*backend_line)(void *st, const char *line,
+			    size_t len, struct proto_out *out);
 
 	/*
 	 * The client's TLS handshake finished and conn has opened a fresh
@@ -110,7 +115,7 @@ struct proto_ops {
 
 	/*
 	 * The handler's phase as a short word ("greeting", "command", ...),
-	 * never NULL: for tests and debugging (conn does not log it).
+	 * never NULL: for tests and debugging (it is not logged).
 	 */
 	const char	*(*strstate)(const void *st);
 };

@@ -413,16 +413,16 @@ imap_command(struct imap *s, const char *line, size_t len,
 }
 
 static enum proto_verdict
-imap_client(struct imap *s, const char *line, size_t len,
-    struct proto_out *out)
+imap_client(void *st, const char *line, size_t len, struct proto_out *out)
 {
+	struct imap *s = st;
 	const char *t = line;
 	size_t tlen = len;
 
 	if (s->state == IMAP_DEAD)
 		return (PROTO_CLOSE);
 	if (s->state == IMAP_STARTTLS)
-		return (PROTO_DROP);	/* conn discards these anyway */
+		return (PROTO_DROP);	/* the engine discards these anyway */
 
 	/* Literal bytes that reached us as lines. */
 	if (s->cdrop > 0) {
@@ -796,20 +796,15 @@ imap_backend(struct imap *s, const char *line, size_t len,
 }
 
 static enum proto_verdict
-imap_line(void *st, enum proto_side side, const char *line, size_t len,
+imap_backend_line(void *st, const char *line, size_t len,
     struct proto_out *out)
 {
 	struct imap *s = st;
 	enum proto_verdict v;
 
-	out->len = 0;
-	if (len == 0)
-		return (PROTO_DROP);
-	if (side == PROTO_CLIENT)
-		return (imap_client(s, line, len, out));
 	v = imap_backend(s, line, len, out);
 	if (v == PROTO_CLOSE) {
-		/* conn tells the client the service is unavailable. */
+		/* The engine tells the client the service is unavailable. */
 		s->state = IMAP_DEAD;
 		out->len = 0;
 	}
@@ -888,7 +883,8 @@ const struct proto_ops proto_imap_ops = {
 	.init = imap_init,
 	.raw = imap_raw,
 	.line_limit = imap_line_limit,
-	.line = imap_line,
+	.client_line = imap_client,
+	.backend_line = imap_backend_line,
 	.tls_ready = imap_tls_ready,
 	.strstate = imap_strstate,
 };

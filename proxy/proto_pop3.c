@@ -177,9 +177,9 @@ pop3_command(struct pop3 *s, const char *line, size_t len,
 }
 
 static enum proto_verdict
-pop3_client(struct pop3 *s, const char *line, size_t len,
-    struct proto_out *out)
+pop3_client(void *st, const char *line, size_t len, struct proto_out *out)
 {
+	struct pop3 *s = st;
 
 	switch (s->state) {
 	case POP3_COMMAND:
@@ -261,9 +261,9 @@ greeting_line(const char *line, size_t len, size_t n, struct proto_out *out)
 }
 
 static enum proto_verdict
-pop3_backend(struct pop3 *s, const char *line, size_t len,
-    struct proto_out *out)
+pop3_backend(void *st, const char *line, size_t len, struct proto_out *out)
 {
+	struct pop3 *s = st;
 	size_t n = proto_chomp(line, len);
 	int ok = n >= 3 && proto_word_eq(line, 3, "+OK") &&
 	    (n == 3 || line[3] == ' ');
@@ -336,20 +336,6 @@ pop3_backend(struct pop3 *s, const char *line, size_t len,
 	return (v);
 }
 
-static enum proto_verdict
-pop3_line(void *st, enum proto_side side, const char *line, size_t len,
-    struct proto_out *out)
-{
-	struct pop3 *s = st;
-
-	out->len = 0;
-	if (len == 0)
-		return (PROTO_DROP);
-	if (side == PROTO_CLIENT)
-		return (pop3_client(s, line, len, out));
-	return (pop3_backend(s, line, len, out));
-}
-
 static void
 pop3_tls_ready(void *st)
 {
@@ -410,7 +396,8 @@ const struct proto_ops proto_pop3_ops = {
 	.raw = pop3_raw,
 	.span = pop3_span,
 	.line_limit = pop3_line_limit,
-	.line = pop3_line,
+	.client_line = pop3_client,
+	.backend_line = pop3_backend,
 	.tls_ready = pop3_tls_ready,
 	.strstate = pop3_strstate,
 };

@@ -318,9 +318,9 @@ smtp_command(struct smtp *s, const char *line, size_t len,
 }
 
 static enum proto_verdict
-smtp_client(struct smtp *s, const char *line, size_t len,
-    struct proto_out *out)
+smtp_client(void *st, const char *line, size_t len, struct proto_out *out)
 {
+	struct smtp *s = st;
 
 	switch (s->state) {
 	case SMTP_COMMAND:
@@ -340,7 +340,7 @@ smtp_client(struct smtp *s, const char *line, size_t len,
 		s->state = SMTP_WAIT;
 		return (PROTO_FORWARD);
 	case SMTP_STARTTLS:
-		/* conn discards these; never pass them on. */
+		/* The engine discards these; never pass them on. */
 		return (PROTO_DROP);
 	case SMTP_DEAD:
 	default:
@@ -436,9 +436,9 @@ ehlo_line(struct smtp *s, const char *line, size_t len, size_t n, int final,
 }
 
 static enum proto_verdict
-smtp_backend(struct smtp *s, const char *line, size_t len,
-    struct proto_out *out)
+smtp_backend(void *st, const char *line, size_t len, struct proto_out *out)
 {
+	struct smtp *s = st;
 	size_t n = proto_chomp(line, len);
 	int isnum = n >= 3 && line[0] >= '0' && line[0] <= '9' &&
 	    line[1] >= '0' && line[1] <= '9' && line[2] >= '0' &&
@@ -527,20 +527,6 @@ smtp_backend(struct smtp *s, const char *line, size_t len,
 	return (v);
 }
 
-static enum proto_verdict
-smtp_line(void *st, enum proto_side side, const char *line, size_t len,
-    struct proto_out *out)
-{
-	struct smtp *s = st;
-
-	out->len = 0;
-	if (len == 0)
-		return (PROTO_DROP);
-	if (side == PROTO_CLIENT)
-		return (smtp_client(s, line, len, out));
-	return (smtp_backend(s, line, len, out));
-}
-
 static void
 smtp_tls_ready(void *st)
 {
@@ -606,7 +592,8 @@ const struct proto_ops proto_smtp_ops = {
 	.raw = smtp_raw,
 	.span = smtp_span,
 	.line_limit = smtp_line_limit,
-	.line = smtp_line,
+	.client_line = smtp_client,
+	.backend_line = smtp_backend,
 	.tls_ready = smtp_tls_ready,
 	.strstate = smtp_strstate,
 };

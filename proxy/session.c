@@ -431,14 +431,27 @@ verdict(struct session *s, enum proto_side side, enum proto_verdict v,
 	return (1);
 }
 
+/* The handler's verdict on one line from ${side}. */
+static enum proto_verdict
+handler_line(struct session *s, enum proto_side side, const char *p,
+    size_t len)
+{
+
+	s->c.out->len = 0;
+	if (len == 0)
+		return (PROTO_DROP);
+	if (side == PROTO_CLIENT)
+		return (s->c.ops->client_line(s->st, p, len, s->c.out));
+	return (s->c.ops->backend_line(s->st, p, len, s->c.out));
+}
+
 /* Offer one line to the handler; return 1 if consumed. */
 static int
 offer(struct session *s, enum proto_side side, const char *p, size_t len)
 {
 	enum proto_verdict v;
 
-	s->c.out->len = 0;
-	v = s->c.ops->line(s->st, side, p, len, s->c.out);
+	v = handler_line(s, side, p, len);
 	/* The interface: only client lines may be held or answered. */
 	if (side == PROTO_BACKEND && (v == PROTO_HOLD || v == PROTO_REPLY ||
 	    v == PROTO_STARTTLS)) {
@@ -488,8 +501,7 @@ long_line(struct session *s, enum proto_side side, const char *p, size_t n)
 
 	memcpy(head, p, LONG_HEAD);
 	memcpy(head + LONG_HEAD, "\r\n", 2);
-	s->c.out->len = 0;
-	v = s->c.ops->line(s->st, side, head, sizeof(head), s->c.out);
+	v = handler_line(s, side, head, sizeof(head));
 	if (v == PROTO_CLOSE) {
 		(void)verdict(s, side, v, head, sizeof(head));
 		return (0);

@@ -173,7 +173,7 @@ test_refused_in_order(void **state)
 	/* The verdict itself. */
 	C("NOOP\r\n");
 	d.out.len = 0;
-	v = proto_smtp_ops.line(d.st, PROTO_CLIENT, "MAIL FROM:<>\r\n", 14,
+	v = proto_smtp_ops.client_line(d.st, "MAIL FROM:<>\r\n", 14,
 	    &d.out);
 	assert_int_equal(v, PROTO_HOLD);
 }
