@@ -2,7 +2,7 @@
  * Unit tests for proto_base.c: proto_span_body(), the scan that lets
  * message content pass without a handler call per line.  Every stop is
  * tried at every offset, so that it falls in the first octet, inside and
- * across the 16-octet blocks and in the scalar tail.
+ * across the 64-octet blocks and in the scalar tail.
  */
 #include <stdarg.h>
 #include <stddef.h>
