@@ -558,7 +558,8 @@ END {
 	for (k = 1; k <= ns; k++) {
 		a = med("mailtlsd", S[k], "cpu_us_per_mb")
 		b = med("relay", S[k], "cpu_us_per_mb")
-		if (a == "" || b == "" || b + 0 == 0) continue
+		if (m[S[k]] !~ /cpu_us_per_mb/ || a == "" || b == "" ||
+		    b + 0 == 0) continue
 		if (!hdr++) print "targets:"
 		target("CPU per MB, " S[k] " / protocol = none relay", a / b, 1.15)
 	}
