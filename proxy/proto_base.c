@@ -194,7 +194,8 @@ proto_span_body(const char *p, size_t avail, size_t max, int crlf)
 	 * around each LF can stop the scan: the one before (a bare LF) and
 	 * the one after (a dot that starts a line).  With lines of 78
 	 * columns that is about one LF per block, so this costs less than
-	 * masks of CRs and dots would (callgrind: half the instructions).
+	 * masks of CRs and dots would (callgrind: about half the
+	 * instructions).
 	 */
 	for (; i + 64 <= end; i += 64) {
 		for (l = mask64(p + i, lf); l != 0; l &= l - 1) {

@@ -438,8 +438,6 @@ handler_line(struct session *s, enum proto_side side, const char *p,
 {
 
 	s->c.out->len = 0;
-	if (len == 0)
-		return (PROTO_DROP);
 	if (side == PROTO_CLIENT)
 		return (s->c.ops->client_line(s->st, p, len, s->c.out));
 	return (s->c.ops->backend_line(s->st, p, len, s->c.out));
