@@ -898,11 +898,22 @@ class Mailtlsd:
 
     @property
     def log(self):
+        """The log so far, in whole lines while the process runs.
+
+        mailtlsd writes each line with one write(), but a reader of a
+        regular file can see a write that crosses a page boundary half
+        done (the kernel copies and extends the file a page at a time), so
+        a line still being written is left for the next read.
+        """
         try:
             with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
+                data = f.read()
         except FileNotFoundError:
             return ""
+        if getattr(self, "proc", None) is not None and \
+                self.proc.poll() is None:
+            data = data[:data.rfind(b"\n") + 1]
+        return data.decode("utf-8", "replace")
 
     def wait_log(self, pattern, timeout=DEFAULT_TIMEOUT):
         """Wait until a log line matches the regex pattern; return the match."""
