@@ -337,10 +337,17 @@ class TestNames(unittest.TestCase):
                     d.env.pop("UV_THREADPOOL_SIZE", None)
                 d.start()
                 d.wait_log(r"event=backend_resolve listener=s")
-                # main thread + 1 worker + the pool (started all at once)
-                tasks = len(os.listdir("/proc/%d/task" % d.pid))
-                self.assertGreaterEqual(tasks, 2 + want)
-                self.assertLess(tasks, 2 + want + 4)
+                # main thread + 1 worker + the pool (started all at once);
+                # the worker thread may start after the lookup's log line.
+                def ntasks():
+                    return len(os.listdir("/proc/%d/task" % d.pid))
+                try:
+                    wait_for(lambda: ntasks() >= 2 + want, timeout=5 * SLOW,
+                             interval=0.05, what="%d threads" % (2 + want))
+                except mtd.HarnessError:
+                    self.fail("%d threads, want at least %d" %
+                              (ntasks(), 2 + want))
+                self.assertLess(ntasks(), 2 + want + 4)
                 d.stop()
 
     def test_check_warns_and_exits_0(self):
